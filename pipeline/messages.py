@@ -1,0 +1,155 @@
+"""Every message that crosses a ring, one frozen dataclass each.
+
+Encoded as one small JSON object with a "type" tag, so a slot can be read by a person
+debugging a ring dump and an unknown or malformed payload is a clean decode error that
+the ring counts as corrupt. Times ending in `_ns` are CLOCK_MONOTONIC nanoseconds, which
+are comparable across processes on Linux.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class DecodeError(ValueError):
+    """A payload that is not one of our messages."""
+
+
+# ---- from workers to the parent -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WakeDetected:
+    """The wake word fired on audio frame `seq` (its capture time is `audio_ns`)."""
+
+    seq: int
+    score: float
+    engine: str
+    audio_ns: int
+    detected_ns: int
+
+
+@dataclass(frozen=True)
+class Transcript:
+    session: int
+    text: str
+    final: bool
+    speech_end_ns: int  # capture time of the end of speech (0 when no speech was heard)
+    done_ns: int  # when the transcript was ready
+    compute_ms: float  # time whisper spent on it
+    reason: str = "speech_end"  # speech_end | no_speech | max_length | cancelled
+
+
+@dataclass(frozen=True)
+class Token:
+    session: int
+    text: str
+    index: int
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class LlmDone:
+    session: int
+    text: str
+    finish_reason: str  # stop | length | cancelled | error | timeout
+    route: str  # "llm" or "skill:NAME"
+    degraded: bool
+    first_token_ns: int  # 0 when no token came
+    compute_ms: float  # engine time from request to last token
+    first_token_ms: float  # engine time from request to first token
+
+
+@dataclass(frozen=True)
+class InputStarted:
+    """The capture worker began a source; `seq` is the first frame it will write."""
+
+    source: str
+    seq: int
+    t0_ns: int  # capture time of the source's sample 0 (ground truth for WAV replays)
+
+
+@dataclass(frozen=True)
+class InputEnded:
+    source: str
+    last_seq: int
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """A worker reports a condition the supervisor cannot see, e.g. a missing microphone."""
+
+    worker: str
+    state: str  # running | no_device | lost | error
+    detail: str
+    t_ns: int
+
+
+# ---- from the parent to workers -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartListening:
+    """STT: transcribe the request that follows the wake frame."""
+
+    session: int
+    wake_seq: int
+    wake_ns: int
+
+
+@dataclass(frozen=True)
+class LlmRequest:
+    session: int
+    text: str
+    speaker: str
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop work on a session (barge-in, shutdown, or a deadline)."""
+
+    session: int
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Responder: write this event (a contract event dict) to stdout/JSONL."""
+
+    event: dict[str, Any]
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        WakeDetected, Transcript, Token, LlmDone, InputStarted, InputEnded, WorkerState,
+        StartListening, LlmRequest, Cancel, Emit,
+    )
+}
+
+
+def encode(message: Any) -> bytes:
+    body = asdict(message)
+    body["type"] = type(message).__name__
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(payload: bytes) -> Any:
+    """Bytes → message; anything else raises DecodeError (the ring counts it as corrupt)."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise DecodeError("not a JSON object")
+    cls = MESSAGE_TYPES.get(body.pop("type", None))
+    if cls is None:
+        raise DecodeError("unknown message type")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in body.items() if k in names})
+    except TypeError as exc:
+        raise DecodeError(f"bad fields for {cls.__name__}: {exc}") from None

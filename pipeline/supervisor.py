@@ -1,0 +1,184 @@
+"""PipelineSupervisor: starts the worker processes, watches them, restarts them, stops them.
+
+Each worker is a `spawn`ed process (no inherited locks or threads from the parent). It is
+restarted when it exits or when its shared-memory heartbeat goes quiet (a hang or a
+SIGSTOP), after an exponential backoff; more than `restart_budget` restarts within
+`restart_window_s` mark it "failed" (health turns degraded) but it is still retried at the
+longest backoff, because a kiosk must heal itself when the cause goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pipeline.config import Config
+from shm.heartbeat import HeartbeatTable
+from workers.runtime import WorkerSpec, worker_main
+
+log = logging.getLogger("vigil.supervisor")
+
+
+@dataclass
+class WorkerHandle:
+    spec: WorkerSpec
+    process: multiprocessing.process.BaseProcess | None = None
+    state: str = "pending"  # pending (not started yet) | starting | running | restarting | failed | stopped
+    restarts: int = 0
+    started_at: float = 0.0
+    next_start_at: float = 0.0
+    backoff_s: float = 0.0
+    recent_restarts: deque = field(default_factory=lambda: deque(maxlen=64))
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class PipelineSupervisor:
+    def __init__(self, config: Config, specs: list[WorkerSpec], heartbeat: HeartbeatTable,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg = config.supervisor
+        self.config = config
+        self.heartbeat = heartbeat
+        self.workers = {spec.name: WorkerHandle(spec) for spec in specs}
+        self.on_event = on_event or (lambda event: None)
+        self._mp = multiprocessing.get_context("spawn")
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self, names: list[str] | None = None) -> None:
+        """Start the named workers (all by default); the others stay pending until started."""
+        for name, handle in self.workers.items():
+            if names is None or name in names:
+                self._spawn(handle)
+
+    def wait_running(self, names: list[str], timeout_s: float, idle: Callable[[], bool]) -> bool:
+        """Poll until the named workers have loaded their models and beat.
+
+        `idle()` runs between polls and returns False to give up early (a stop request).
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if all(self.workers[name].state == "running" for name in names):
+                return True
+            if not idle():
+                return False
+        return False
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        self.heartbeat.clear(handle.spec.row)
+        process = self._mp.Process(target=worker_main, args=(handle.spec, self.config),
+                                   name=f"vigil-{handle.spec.name}", daemon=False)
+        process.start()
+        handle.process = process
+        handle.started_at = time.monotonic()
+        handle.state = "starting"
+        log.info("started %s (pid %d)", handle.spec.name, process.pid)
+        self._event(handle, "started" if handle.restarts == 0 else "restarted")
+
+    def _event(self, handle: WorkerHandle, event: str, exitcode: int | None = None) -> None:
+        self.on_event({"type": "worker", "t": time.time(), "name": handle.spec.name, "event": event,
+                       "pid": handle.pid, "exitcode": exitcode})
+
+    def _schedule_restart(self, handle: WorkerHandle, reason: str) -> None:
+        now = time.monotonic()
+        handle.recent_restarts.append(now)
+        recent = sum(1 for t in handle.recent_restarts if now - t <= self.cfg.restart_window_s)
+        stable = now - handle.started_at > self.cfg.restart_window_s
+        handle.backoff_s = self.cfg.backoff_initial_s if stable or not handle.backoff_s else min(
+            handle.backoff_s * 2, self.cfg.backoff_max_s)
+        if recent > self.cfg.restart_budget:
+            handle.state = "failed"
+            handle.backoff_s = self.cfg.backoff_max_s
+            log.error("%s failed %d times within %.0f s; retrying every %.0f s", handle.spec.name, recent,
+                      self.cfg.restart_window_s, handle.backoff_s)
+        else:
+            handle.state = "restarting"
+        handle.next_start_at = now + handle.backoff_s
+        log.warning("%s %s; restart in %.1f s", handle.spec.name, reason, handle.backoff_s)
+
+    def poll(self) -> None:
+        """Check every worker once: exited → restart later; silent too long → kill, restart later."""
+        now = time.monotonic()
+        for handle in self.workers.values():
+            process = handle.process
+            if handle.state in ("stopped", "pending"):
+                continue
+            if process is None:
+                if now >= handle.next_start_at:
+                    handle.restarts += 1
+                    self._spawn(handle)
+                continue
+            if process.exitcode is not None:
+                code = process.exitcode
+                process.join(0)
+                process.close()
+                handle.process = None
+                self._event(handle, "exited", code)
+                self._schedule_restart(handle, f"exited with code {code}")
+                continue
+            age = self.heartbeat.age_s(handle.spec.row)
+            if age is None:
+                if now - handle.started_at > self.cfg.start_timeout_s:
+                    self._kill_hung(handle, f"no heartbeat {self.cfg.start_timeout_s:.0f} s after start")
+                continue
+            if handle.state in ("starting", "restarting"):
+                handle.state = "running"
+            elif handle.state == "failed" and now - handle.started_at > self.cfg.restart_window_s:
+                handle.state = "running"  # it stayed up long enough: it healed
+            if age > self.cfg.heartbeat_timeout_s:
+                self._kill_hung(handle, f"heartbeat silent for {age:.1f} s")
+
+    def _kill_hung(self, handle: WorkerHandle, reason: str) -> None:
+        log.warning("%s hung (%s); killing pid %s", handle.spec.name, reason, handle.pid)
+        self._event(handle, "hung")
+        try:
+            os.kill(handle.pid, signal.SIGKILL)  # SIGTERM cannot reach a SIGSTOPped or stuck process
+        except ProcessLookupError:
+            pass
+        handle.process.join(5)
+
+    def health(self) -> dict[str, Any]:
+        workers = {}
+        for name, handle in self.workers.items():
+            age = self.heartbeat.age_s(handle.spec.row)
+            workers[name] = {"pid": handle.pid, "state": handle.state, "restarts": handle.restarts,
+                             "heartbeat_age_s": None if age is None else round(age, 2)}
+        ok = all(w["state"] == "running" for w in workers.values())
+        return {"status": "ok" if ok else "degraded", "workers": workers}
+
+    def all_running(self) -> bool:
+        return all(h.state == "running" for h in self.workers.values())
+
+    def stop(self) -> None:
+        """SIGTERM everyone, join with a timeout, then terminate, then kill. Never raises."""
+        handles = [h for h in self.workers.values() if h.process is not None]
+        for handle in handles:
+            handle.state = "stopped"
+            try:
+                os.kill(handle.pid, signal.SIGTERM)
+            except (ProcessLookupError, TypeError):
+                pass
+            except OSError as exc:
+                log.warning("could not signal %s: %s", handle.spec.name, exc)
+        deadline = time.monotonic() + self.cfg.stop_timeout_s
+        for handle in handles:
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+        for handle in handles:
+            if handle.process.exitcode is None:
+                log.warning("%s did not stop in %.1f s; killing", handle.spec.name, self.cfg.stop_timeout_s)
+                handle.process.kill()
+                handle.process.join(2)
+        for handle in self.workers.values():
+            handle.state = "stopped"
+            if handle.process is not None and handle.process.exitcode is not None:
+                handle.process.close()
+            handle.process = None

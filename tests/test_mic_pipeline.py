@@ -1,0 +1,50 @@
+"""The pipeline on a real microphone path: PyAudio → PulseAudio virtual source (no sound card).
+
+A private PulseAudio server with a 16 kHz null sink stands in for the kiosk's microphone;
+`paplay` speaks a synthesized request into it while `python -m pipeline run` listens.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.pulse import VirtualMic, pulse_available
+from tests.test_pipeline_e2e import ROOT, pipeline_env, read_events, spoken_request, wait_for
+
+
+@pytest.mark.skipif(not pulse_available(), reason="pulseaudio is not installed (make test installs it)")
+def test_microphone_request_is_heard_and_answered(tmp_path, models):
+    wav = spoken_request(tmp_path / "request.wav", lead_s=0.5, tail_s=1.5)
+    events_path = tmp_path / "events.jsonl"
+    with VirtualMic() as mic:
+        env = {**pipeline_env(tmp_path), **mic.child_env()}
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--events", str(events_path)],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            started = wait_for(lambda: [e for e in read_events(events_path)
+                                        if e["type"] == "worker" and e["name"] == "capture"], 120)
+            assert started, "capture never started"
+            time.sleep(2.5)  # past the wake detector's warm-up
+            mic.play(wav)
+            response = wait_for(lambda: [e for e in read_events(events_path) if e["type"] == "response"], 60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    events = read_events(events_path)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert [e for e in events if e["type"] == "wake"], stderr[-3000:]
+    finals = [e for e in events if e["type"] == "transcript" and e["final"]]
+    assert finals and "capital" in finals[0]["text"].lower() and "france" in finals[0]["text"].lower(), finals
+    assert response and response[0]["text"].strip()
+    assert not [e for e in events if e["type"] == "error" and e["where"] == "capture"], "the microphone failed"
+    assert not [e for e in events if e["type"] == "drop" and e["ring"] == "audio"], "audio was lost"

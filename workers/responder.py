@@ -1,0 +1,73 @@
+"""Responder worker: the kiosk's output. Streams answers to stdout, the full event stream to JSONL.
+
+A separate process so a slow terminal or disk can never stall the coordinator: its inbox
+blocks briefly and then drops (counted) instead of backing up into the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from pipeline.messages import Emit
+from workers.runtime import WorkerContext
+
+
+class HumanPrinter:
+    """A short, readable stdout summary: wake, what was heard, the streamed answer, its latency."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.streaming: int | None = None
+
+    def _line(self, text: str) -> None:
+        if self.streaming is not None:
+            self.out.write("\n")
+            self.streaming = None
+        self.out.write(text + "\n")
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "wake":
+            self._line(f"[wake] session {event['session']} ({event['engine']} {event['score']:.2f})")
+        elif kind == "transcript" and event.get("final"):
+            self._line(f"you: {event['text'] or '(nothing heard)'}")
+        elif kind == "token":
+            if self.streaming != event["session"]:
+                if self.streaming is not None:
+                    self.out.write("\n")
+                self.out.write("vigil: ")
+                self.streaming = event["session"]
+            self.out.write(event["text"])
+        elif kind == "response":
+            latency = event.get("latency_ms", {})
+            self._line(
+                f"  [{event['route']}{', degraded' if event['degraded'] else ''}] speech end → first token "
+                f"{latency.get('speech_end_to_first_token', float('nan')):.0f} ms, wake → first token "
+                f"{latency.get('wake_to_first_token', float('nan')):.0f} ms"
+            )
+        elif kind == "worker" and event["event"] != "started":
+            self._line(f"[worker] {event['name']} {event['event']} (pid {event['pid']}, exit {event['exitcode']})")
+        elif kind in ("error", "drop"):
+            self._line(f"[{kind}] {json.dumps({k: v for k, v in event.items() if k not in ('type', 't')})}")
+        self.out.flush()
+
+
+def run(ctx: WorkerContext) -> None:
+    path = ctx.extra.get("events_path")
+    events = open(path, "a", buffering=1, encoding="utf-8") if path else None
+    printer = HumanPrinter(sys.stdout) if ctx.extra.get("stdout", True) else None
+    try:
+        while not ctx.should_stop():
+            ctx.beat()
+            message = ctx.recv(0.1)
+            if not isinstance(message, Emit):
+                continue
+            if events is not None:
+                events.write(json.dumps(message.event, ensure_ascii=False) + "\n")
+            if printer is not None:
+                printer.show(message.event)
+    finally:
+        if events is not None:
+            events.close()

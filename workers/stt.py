@@ -1,0 +1,123 @@
+"""STT worker: after a wake, read the request from the shared ring, endpoint it, transcribe it.
+
+It reads the same audio frames the wake-word worker saw (from the wake frame minus a short
+pre-roll), so nothing is copied through the parent. Silero VAD decides where speech ends;
+`speech_end_ns` is the capture time of the last voiced sample, the start of the headline
+span speech end → first token.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.messages import Cancel, StartListening, Transcript
+from workers.runtime import WorkerContext
+from workers.vad import Endpointer, SileroVad
+from workers.whisper_engine import WhisperEngine
+
+SAMPLE_NS = 1_000_000_000 // 16_000
+_WAKE_PREFIX = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok)\W+)?(?:jarvis|jervis|travis|javis)\b\W*", re.IGNORECASE)
+
+
+def strip_wake_phrase(text: str) -> str:
+    """Whisper may hear the tail of the wake phrase in the pre-roll; it is not part of the request."""
+    return _WAKE_PREFIX.sub("", text.strip(), count=1).strip()
+
+
+def make_engine(ctx: WorkerContext) -> WhisperEngine:
+    cfg = ctx.config.stt
+    model = Path(cfg.model) if cfg.model else Path(ctx.extra["whisper_model"])
+    return WhisperEngine(model.resolve(), n_threads=cfg.threads)
+
+
+class Session:
+    """One request being heard: the frames so far and their capture times."""
+
+    def __init__(self, request: StartListening, first_seq: int, frame_samples: int) -> None:
+        self.request = request
+        self.first_seq = first_seq
+        self.frame_samples = frame_samples
+        self.frames: list[np.ndarray] = []
+        self.capture_ns: list[int] = []
+        self.offset = 0  # samples fed to the endpointer before its last reset
+        # Speech that ends inside the pre-roll is the wake phrase, not the request.
+        self.request_start_sample = (request.wake_seq + 1 - first_seq) * frame_samples
+
+    def audio(self, end_sample: int) -> np.ndarray:
+        return np.concatenate(self.frames)[:end_sample]
+
+    def time_of(self, sample: int) -> int:
+        index = min(sample // self.frame_samples, len(self.capture_ns) - 1)
+        last_in_frame = (index + 1) * self.frame_samples - 1
+        return self.capture_ns[index] - (last_in_frame - sample) * SAMPLE_NS
+
+
+def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEngine,
+           request: StartListening) -> Transcript | None:
+    """Read frames until speech ends; None when the session was cancelled or we must stop."""
+    cfg = ctx.config.stt
+    fs = ctx.audio.frame_samples
+    preroll = int(round(cfg.preroll_s * 16_000 / fs))
+    reader.seek(request.wake_seq + 1 - preroll)
+    session = Session(request, reader.cursor, fs)
+    endpointer.reset()
+    deadline = time.monotonic() + cfg.max_utterance_s + cfg.no_speech_timeout_s + 5.0
+    while not ctx.should_stop():
+        ctx.beat()
+        message = ctx.recv(0.0)
+        if isinstance(message, Cancel) and message.session == request.session:
+            return None
+        if isinstance(message, StartListening):  # a newer wake supersedes this one (barge-in)
+            return listen(ctx, reader, endpointer, engine, message)
+        if time.monotonic() > deadline:  # audio stopped flowing: do not listen forever
+            return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
+        frame = reader.read_wait(0.1)
+        if frame is None:
+            continue
+        session.frames.append(frame.samples)
+        session.capture_ns.append(frame.capture_ns)
+        endpoint = endpointer.feed(frame.samples)
+        if endpoint is None or endpoint.kind == "speech_start":
+            continue
+        if endpoint.kind == "no_speech":
+            return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
+        end_sample = session.offset + endpoint.sample_index
+        if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
+            session.offset = len(session.frames) * fs
+            endpointer.reset()
+            continue
+        started = time.perf_counter()
+        tail = int(0.05 * 16_000)  # a little audio past the last voiced sample helps the last word
+        text = strip_wake_phrase(engine.transcribe(session.audio(end_sample + tail)))
+        compute_ms = (time.perf_counter() - started) * 1000
+        return Transcript(request.session, text, True, session.time_of(end_sample), time.monotonic_ns(),
+                          round(compute_ms, 1), endpoint.kind)
+    return None
+
+
+def run(ctx: WorkerContext) -> None:
+    cfg = ctx.config.stt
+    engine = make_engine(ctx)
+    engine.transcribe(np.zeros(16_000, dtype=np.int16))  # first call allocates; do it before a user waits
+    endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=cfg.end_silence_ms,
+                            no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
+                            frame_samples=ctx.audio.frame_samples)
+    reader = ctx.audio.reader(slot=ctx.spec.audio_slot)
+    reader.set_active(False)
+    while not ctx.should_stop():
+        ctx.beat()
+        message = ctx.recv(0.1)
+        if not isinstance(message, StartListening):
+            continue
+        reader.set_active(True)
+        try:
+            result = listen(ctx, reader, endpointer, engine, message)
+        finally:
+            reader.set_active(False)
+        if result is not None:
+            ctx.log.info("transcript (%s, %.0f ms): %r", result.reason, result.compute_ms, result.text)
+            ctx.send(result)
