@@ -70,7 +70,7 @@ class Coordinator:
             self.input_ended = message
         elif isinstance(message, WorkerState):
             self.worker_states[message.worker] = message
-            if message.state != "running":
+            if message.state in ("lost", "no_device", "error"):
                 self.emit({"type": "error", "t": time.time(), "where": message.worker,
                            "message": f"{message.state}: {message.detail}"})
         else:

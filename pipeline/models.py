@@ -475,8 +475,8 @@ def ensure_models(models_dir: Path | None = None, *, progress: bool = True) -> M
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=None, help="models directory (default: %(default)s → "
-                        f"{default_models_dir()})")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help=f"models directory (default: $VIGIL_MODELS__DIR or {default_models_dir()})")
     args = parser.parse_args(argv)
     try:
         paths = ensure_models(args.dir, progress=True)
