@@ -8,7 +8,9 @@ APT_PACKAGES := espeak-ng flite portaudio19-dev pulseaudio pulseaudio-utils sox 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all deps run test bench models clean distclean
+SOAK_SECONDS ?= 14400
+
+.PHONY: all deps run test bench soak models clean distclean
 
 all: deps
 
@@ -39,6 +41,14 @@ run: models
 
 test: models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The benchmark harness: corpus → Vigil vs sequential baseline vs compute floor, idle, load → bench/out/latest.
+bench: models
+	$(PY) -m pipeline bench
+
+# Hours of idle listening (RSS slope per worker); not part of CI.
+soak: models
+	$(PY) -m pipeline bench --quick --no-load --idle $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(STAMPS) .pytest_cache

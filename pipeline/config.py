@@ -101,6 +101,15 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    budget_ms: float = 1500.0  # p95 of wake → first token minus the request's own speech must stay under it
+    passes: int = 2
+    gap_s: float = 1.5  # silence between replayed utterances (each file already ends in silence)
+    idle_s: float = 60.0
+    baseline_end_silence_ms: int = 700  # what a typical assistant waits (Home Assistant's default)
+
+
+@dataclass(frozen=True)
 class ModelsConfig:
     dir: str = field(default_factory=_default_models_dir)
 
@@ -114,6 +123,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
     def replace(self, section: str, **changes: Any) -> "Config":
@@ -134,7 +144,8 @@ _POSITIVE = {
     ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
     ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
-    ("metrics", "retention_sessions"), ("http", "port"),
+    ("metrics", "retention_sessions"), ("http", "port"), ("bench", "budget_ms"), ("bench", "passes"),
+    ("bench", "baseline_end_silence_ms"),
 }
 _UNIT_INTERVAL = {("wake", "threshold"), ("stt", "vad_threshold")}
 

@@ -66,8 +66,12 @@ class Coordinator:
             self._on_done(message)
         elif isinstance(message, InputStarted):
             self.input_started = message
+            self.emit({"type": "input", "t": time.time(), "event": "started", "source": message.source,
+                       "seq": message.seq, "t0_ns": message.t0_ns})
         elif isinstance(message, InputEnded):
             self.input_ended = message
+            self.emit({"type": "input", "t": time.time(), "event": "ended", "source": message.source,
+                       "seq": message.last_seq, "t_ns": message.t_ns})
         elif isinstance(message, WorkerState):
             self.worker_states[message.worker] = message
             if message.state in ("lost", "no_device", "error"):

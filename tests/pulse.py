@@ -198,7 +198,7 @@ class VirtualMic:
         """Play a WAV into the virtual microphone with ``paplay``.
 
         Each playback start can lose its first few ms, so test WAVs should
-        begin with >= 50 ms of silence (``audio_synth.synthesize`` pads them).
+        begin with >= 50 ms of silence (``bench.synth.synthesize`` pads them).
         """
         proc = subprocess.Popen(
             ["paplay", f"--device={SINK}", str(wav_path)],

@@ -20,7 +20,7 @@ import pytest
 
 from workers.audio_sources import (AudioFormatError, PyAudioSource, WavSource, load_wav,
                                    open_source, read_wav_info)
-from tests.audio_synth import synthesize, write_wav16
+from bench.synth import synthesize, write_wav16
 from tests.pulse import VirtualMic, pulse_available
 
 SR = 16000

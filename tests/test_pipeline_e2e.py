@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.audio_synth import synthesize, write_wav16
+from bench.synth import synthesize, write_wav16
 from tests.conftest import our_segments
 from workers.audio_sources import load_wav
 
@@ -147,3 +147,23 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
     assert not [n for n in our_segments() if n.startswith(f"vigil-{proc.pid}-")]
     assert not [p for p in pids.values() if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_workers_exit_when_the_parent_is_killed_and_a_new_run_cleans_up(request_wav, tmp_path, models):
+    from shm.segments import cleanup_stale
+
+    events_path = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--input", str(request_wav), "--loop", "--events", str(events_path)],
+        cwd=ROOT, env=pipeline_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    parent = psutil.Process(proc.pid)
+    pids = wait_for(lambda: (lambda found: found if len(found) == 5 else None)(worker_pids(parent)), 120)
+    assert pids, "the workers did not all start"
+    proc.kill()
+    proc.wait()
+    gone = wait_for(lambda: not [p for p in pids.values() if psutil.pid_exists(p)
+                                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 15)
+    assert gone, "orphaned workers outlived their supervisor"
+    cleanup_stale()  # what the next `pipeline run` does first
+    assert not [n for n in our_segments() if n.startswith(f"vigil-{proc.pid}-")]

@@ -1,0 +1,418 @@
+"""The benchmark corpus: a folder of WAV files plus ``manifest.jsonl`` (DESIGN.md "Contracts").
+
+Two halves:
+
+* ``load_corpus(folder)`` reads and validates *any* folder in the contract's
+  format, including corpora we never made, and says exactly which line is
+  wrong and why — a benchmark that silently skips a bad line measures
+  something else than its user thinks.
+* ``build_default_corpus(out_dir)`` synthesizes the default corpus with the
+  offline TTS engines (espeak-ng, flite): wake-phrase commands (answered by
+  skills), wake-phrase questions (answered by the LLM), negatives without the
+  wake phrase (near misses included) and noise-only clips.  The ground truth
+  ``speech_end_s`` is measured from the synthesized samples with
+  ``bench.synth.speech_bounds``.
+
+``python -m bench.corpus OUT [--quick]`` builds it from the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bench import synth
+from bench.synth import engine_available, pink_noise, speech_bounds, tts_samples, write_wav16
+from workers.audio_sources import SAMPLE_RATE, AudioFormatError, read_wav_info
+
+MANIFEST = "manifest.jsonl"
+STAMP = "corpus_version"
+KINDS = ("command", "question", "negative")
+
+# Bump when anything about how the default corpus is made changes (texts are hashed in anyway).
+CORPUS_VERSION = 1
+
+
+# =============================================================================
+# The format
+# =============================================================================
+
+class CorpusError(ValueError):
+    """A corpus folder or one of its manifest lines is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest line, validated: a WAV file and what is true about it."""
+    wav: Path              # absolute
+    wake: bool             # the file starts with the wake phrase
+    transcript: str        # the request after the wake phrase (wake) or the whole sentence (negative)
+    speaker: str           # who speaks ("" for noise-only clips)
+    speech_end_s: float    # where speech ends, seconds from the file's start
+    kind: str              # "command" | "question" | "negative"
+    voice: str = ""        # how it was made (e.g. "espeak-ng:en-us:190"); optional, informative
+
+    @property
+    def duration_s(self) -> float:
+        """The file's length from its WAV header (no samples are read)."""
+        info = read_wav_info(self.wav)
+        return info.frames / info.rate
+
+
+# key -> (accepted JSON types, description for the error message)
+_REQUIRED: dict[str, tuple[tuple[type, ...], str]] = {
+    "wav": ((str,), "a string (a path)"),
+    "wake": ((bool,), "true or false"),
+    "transcript": ((str,), "a string"),
+    "speaker": ((str,), "a string"),
+    "speech_end_s": ((int, float), "a number of seconds"),
+    "kind": ((str,), f"one of {', '.join(KINDS)}"),
+}
+
+
+def load_corpus(folder: str | os.PathLike) -> list[Utterance]:
+    """Read and validate ``folder/manifest.jsonl``; every problem names the line number.
+
+    Each line is one JSON object with ``wav`` (relative to the folder, or
+    absolute), ``wake``, ``transcript``, ``speaker``, ``speech_end_s``,
+    ``kind``.  Extra keys are allowed and ignored, except ``voice`` (kept when
+    it is a string).  Blank lines are skipped.  The WAV must exist, be a
+    readable WAV, and ``speech_end_s`` must lie within it.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CorpusError(f"{root}: not a folder")
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise CorpusError(f"{root}: no {MANIFEST} (a corpus is a folder of WAV files plus {MANIFEST})")
+    root = root.resolve()
+    try:
+        text = manifest.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{manifest}: cannot read ({e})") from e
+    out = [_parse_line(root, manifest, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not out:
+        raise CorpusError(f"{manifest}: no utterances")
+    return out
+
+
+def _parse_line(root: Path, manifest: Path, lineno: int, line: str) -> Utterance:
+    def bad(problem: str) -> CorpusError:
+        return CorpusError(f"{manifest}, line {lineno}: {problem}")
+
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise bad(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise bad(f"expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise bad(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    for key, (types, what) in _REQUIRED.items():
+        value = obj[key]
+        # bool is an int in Python; a JSON true is not a number of seconds, and 1 is not a wake flag
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise bad(f"{key!r} must be {what}, got {json.dumps(value)}")
+    if obj["kind"] not in KINDS:
+        raise bad(f"unknown kind {obj['kind']!r} (expected one of {', '.join(KINDS)})")
+    voice = obj.get("voice", "")
+    if not isinstance(voice, str):
+        raise bad(f"'voice' must be a string when present, got {json.dumps(voice)}")
+    if not obj["wav"].strip():
+        raise bad("'wav' is empty")
+
+    wav = Path(obj["wav"]).expanduser()
+    wav = wav if wav.is_absolute() else root / wav
+    wav = Path(os.path.abspath(wav))
+    if not wav.is_file():
+        raise bad(f"wav {obj['wav']!r} does not exist ({wav})")
+    try:
+        info = read_wav_info(wav)
+    except AudioFormatError as e:
+        raise bad(f"wav {obj['wav']!r} is not usable audio: {e}") from None
+    duration = info.frames / info.rate
+    end = float(obj["speech_end_s"])
+    if not math.isfinite(end) or not 0.0 <= end <= duration:
+        raise bad(f"speech_end_s {obj['speech_end_s']} lies outside the file (0 to {duration:.3f} s)")
+    return Utterance(wav=wav, wake=obj["wake"], transcript=obj["transcript"], speaker=obj["speaker"],
+                     speech_end_s=end, kind=obj["kind"], voice=voice)
+
+
+# =============================================================================
+# The default corpus: what it says and who says it
+# =============================================================================
+
+WAKE_PHRASE = "Hey Jarvis"
+LEAD_S = 0.5    # silence before the TTS output (synth pad)
+TAIL_S = 1.2    # at least this much silence after speech_end_s (the endpointer needs it)
+NOISE_S = 10.0  # length of each noise-only clip
+
+
+@dataclass(frozen=True)
+class Voice:
+    id: str               # the manifest's "speaker"
+    engine: str
+    name: str             # the engine's voice name
+    rate: int | None = None
+
+    @property
+    def spec(self) -> str:
+        """The manifest's "voice": engine:name[:rate]."""
+        return f"{self.engine}:{self.name}" + (f":{self.rate}" if self.rate else "")
+
+    @property
+    def slug(self) -> str:
+        return self.id + (f"-{self.rate}" if self.rate else "")
+
+
+# en-us at 190 wpm is the same timbre as en-us, so it is the same speaker (a person talking faster);
+# its "voice" field tells the two apart.
+VOICES: tuple[Voice, ...] = (
+    Voice("espeak-en-us", "espeak-ng", "en-us"),
+    Voice("espeak-en-gb", "espeak-ng", "en-gb"),
+    Voice("espeak-en-f3", "espeak-ng", "en+f3"),
+    Voice("espeak-en-m3", "espeak-ng", "en+m3"),
+    Voice("espeak-en-us", "espeak-ng", "en-us", rate=190),
+    Voice("flite-kal", "flite", "kal"),
+    Voice("flite-slt", "flite", "slt"),
+    Voice("flite-rms", "flite", "rms"),
+    Voice("flite-awb", "flite", "awb"),
+)
+
+# Commands: things a skill answers in code (time, date, timers, capabilities) — a 135M model invents them.
+COMMANDS = ("what time is it", "set a timer for five minutes", "what is the date today", "what can you do")
+# Questions: short general-knowledge facts with one-line answers, so the LLM route is exercised.
+QUESTIONS = ("what is the capital of France", "how many legs does a spider have",
+             "who wrote Romeo and Juliet", "what is the boiling point of water")
+# Negatives: no wake phrase.  Near misses sound like it; ordinary sentences are household talk.
+NEAR_MISSES = ("hey marvin, what is the weather", "I bought jars of honey", "hey travis, can you pass the salt",
+               "did you see the jars in the garage", "harvest season starts in September")
+ORDINARY = ("the bus leaves at half past seven", "please remember to water the plants on Sunday",
+            "my sister is visiting us next week", "the library closes early on Fridays",
+            "we need more milk, eggs and bread", "the meeting was moved to the afternoon",
+            "turn left at the second traffic light", "it has been raining all morning",
+            "the children are playing in the garden", "I think the soup needs a little more salt")
+NOISE_DBFS = (-50, -45, -40, -35, -30, -25)   # pink-noise levels of the noise-only clips (RMS)
+
+QUICK_VOICES = ("espeak-ng:en-us", "flite:kal", "flite:slt")
+QUICK_REQUESTS = ("what time is it", "set a timer for five minutes", "what is the capital of France")
+QUICK_NEGATIVES = ("hey marvin, what is the weather", "I bought jars of honey")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to make: either speech (voice set) or noise-only (noise_dbfs set)."""
+    file: str
+    kind: str
+    transcript: str
+    spoken: str = ""
+    voice: Voice | None = None
+    noise_dbfs: float | None = None
+    seed: int = 0
+
+
+def plan(quick: bool = False) -> list[Item]:
+    """Every file of the default corpus, in manifest order (deterministic)."""
+    voices = [v for v in VOICES if v.spec in QUICK_VOICES] if quick else list(VOICES)
+    requests = [(r, "command" if r in COMMANDS else "question") for r in
+                (QUICK_REQUESTS if quick else COMMANDS + QUESTIONS)]
+    items: list[Item] = []
+    for v in voices:
+        for r, kind in requests:
+            items.append(Item(f"{v.slug}_{kind}_{_slug(r)}.wav", kind, r, f"{WAKE_PHRASE}, {r}", v))
+    if quick:
+        negatives = [(voices[i % len(voices)], s) for i, s in enumerate(QUICK_NEGATIVES)]
+        levels = [-40]
+    else:
+        # each voice: one near miss and two ordinary sentences, rotating so every sentence is used
+        negatives = []
+        for i, v in enumerate(voices):
+            negatives.append((v, NEAR_MISSES[i % len(NEAR_MISSES)]))
+            negatives += [(v, ORDINARY[(2 * i + j) % len(ORDINARY)]) for j in range(2)]
+        levels = list(NOISE_DBFS)
+    for v, s in negatives:
+        items.append(Item(f"{v.slug}_negative_{_slug(s)}.wav", "negative", s, s, v))
+    for i, db in enumerate(levels):
+        items.append(Item(f"noise_pink_minus{-db}dBFS.wav", "negative", "", noise_dbfs=db, seed=1000 + i))
+    return items
+
+
+def _slug(text: str) -> str:
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    return "-".join(words)[:48]
+
+
+def _stamp(items: list[Item], quick: bool) -> str:
+    """What must match for an existing build to be reused: version, size and a hash of the plan."""
+    rule = (synth.FRAME_S, synth.REL_THRESHOLD_DB, synth.ABS_FLOOR_DBFS, synth.BLIP_MAX_S, synth.BLIP_GAP_S)
+    h = hashlib.sha256(json.dumps([CORPUS_VERSION, repr(items), rule, LEAD_S, TAIL_S, NOISE_S]).encode())
+    h = h.hexdigest()[:16]
+    return f"vigil-corpus v{CORPUS_VERSION} {'quick' if quick else 'full'} {h}"
+
+
+# =============================================================================
+# Building
+# =============================================================================
+
+def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True) -> Path:
+    """Synthesize the default corpus into ``out_dir`` and return its manifest path.
+
+    Idempotent: when ``out_dir/manifest.jsonl`` exists, the ``corpus_version``
+    stamp matches this plan and every listed WAV is there, it returns at once.
+    Otherwise it (re)builds: WAVs first, then the manifest (atomically), then
+    the stamp — so an interrupted build is never taken for a finished one.
+    A lock file keeps two concurrent builders (e.g. parallel test workers)
+    from writing the same files at once.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    items = plan(quick)
+    stamp = _stamp(items, quick)
+    if _is_built(out, items, stamp):
+        return out / MANIFEST
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_built(out, items, stamp):  # another process finished it while we waited
+            return out / MANIFEST
+        for engine in sorted({i.voice.engine for i in items if i.voice}):
+            if not engine_available(engine):
+                raise FileNotFoundError(f"{engine} is not installed; the default corpus needs it "
+                                        f"(apt-get install {engine})")
+        (out / STAMP).unlink(missing_ok=True)
+        stale = _listed_wavs(out) - {out / i.file for i in items}
+        rows = _make_all(out, items, progress)
+        _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        _write_atomic(out / STAMP, stamp + "\n")
+    return out / MANIFEST
+
+
+def _is_built(out: Path, items: list[Item], stamp: str) -> bool:
+    try:
+        if (out / STAMP).read_text().strip() != stamp or not (out / MANIFEST).is_file():
+            return False
+    except OSError:
+        return False
+    return all((out / i.file).is_file() for i in items)
+
+
+def _listed_wavs(out: Path) -> set[Path]:
+    """WAVs the previous manifest in ``out`` listed inside ``out`` (to clean up after a rebuild)."""
+    found: set[Path] = set()
+    try:
+        lines = (out / MANIFEST).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            p = Path(os.path.abspath(out / json.loads(line)["wav"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if p.parent == out and p.suffix == ".wav":
+            found.add(p)
+    return found
+
+
+def _make_all(out: Path, items: list[Item], progress: bool) -> list[dict[str, Any]]:
+    """Make every file (TTS runs in subprocesses, so two threads keep both cores busy)."""
+    from tqdm import tqdm
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=len(items), desc="corpus", unit="file", disable=not progress, leave=False) as bar:
+        rows = []
+        for row in pool.map(lambda it: _make(out, it), items):
+            rows.append(row)
+            bar.update(1)
+    return rows
+
+
+def _make(out: Path, item: Item) -> dict[str, Any]:
+    """Write one WAV and return its manifest row."""
+    if item.voice is None:
+        assert item.noise_dbfs is not None
+        samples = pink_noise(NOISE_S, rms=32768.0 * 10.0 ** (item.noise_dbfs / 20.0), seed=item.seed)
+        write_wav16(out / item.file, samples)
+        return {"wav": item.file, "wake": False, "transcript": "", "speaker": "", "speech_end_s": 0.0,
+                "kind": "negative", "voice": f"pink-noise:{item.noise_dbfs:g}dBFS"}
+    v = item.voice
+    speech = tts_samples(item.spoken, v.engine, v.name, v.rate)
+    lead = np.zeros(int(round(LEAD_S * SAMPLE_RATE)), dtype=np.int16)
+    audio = np.concatenate([lead, speech])
+    start, end = speech_bounds(audio)
+    if end <= start:
+        raise RuntimeError(f"{v.spec} produced no audible speech for {item.spoken!r}")
+    tail = int(math.ceil((end + TAIL_S) * SAMPLE_RATE)) - len(audio)
+    if tail > 0:
+        audio = np.concatenate([audio, np.zeros(tail, dtype=np.int16)])
+    write_wav16(out / item.file, audio)
+    return {"wav": item.file, "wake": item.kind != "negative", "transcript": item.transcript,
+            "speaker": v.id, "speech_end_s": round(end, 3), "kind": item.kind, "voice": v.spec,
+            "speech_start_s": round(start, 3), "text": item.spoken}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# =============================================================================
+# Summary and CLI
+# =============================================================================
+
+def summarize(utterances: Iterable[Utterance]) -> str:
+    """Counts per kind, speaker and voice, and total duration — what a person wants to see after a build."""
+    utts = list(utterances)
+    durations = [u.duration_s for u in utts]
+    kinds = Counter(u.kind for u in utts)
+    speakers = Counter(u.speaker or "(noise)" for u in utts)
+    voices = Counter(u.voice or "(none)" for u in utts)
+    neg_s = sum(d for u, d in zip(utts, durations) if u.kind == "negative")
+    lines = [f"{len(utts)} files, {sum(durations) / 60:.1f} min "
+             f"({neg_s / 60:.1f} min of negatives)",
+             "by kind:    " + ", ".join(f"{k} {kinds[k]}" for k in KINDS if kinds[k]),
+             "by speaker: " + ", ".join(f"{s} {n}" for s, n in sorted(speakers.items())),
+             "by voice:   " + ", ".join(f"{v} {n}" for v, n in sorted(voices.items()))]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.corpus",
+                                 description="Build the default benchmark corpus (offline TTS) into OUT.")
+    ap.add_argument("out", metavar="OUT", help="output folder (manifest.jsonl + WAV files)")
+    ap.add_argument("--quick", action="store_true", help="a small corpus for CI (a few seconds)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        manifest = build_default_corpus(args.out, quick=args.quick, progress=not args.no_progress)
+        utts = load_corpus(manifest.parent)
+    except (CorpusError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{manifest} ({time.monotonic() - t0:.1f} s)")
+    print(summarize(utts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""`python -m pipeline bench`: the latency budget under continuous use, idle listening and load.
+
+One run measures, on the same corpus and the same machine, one after the other so they
+do not compete for the two cores:
+1. Vigil: the corpus replayed in real time through the full multiprocess pipeline;
+2. the sequential single-process baseline and each engine's isolated compute floor;
+3. idle listening (silence and noise): CPU and RSS per worker over time;
+4. load: requests faster than answers can come.
+Then report.json (DESIGN.md "Contracts"), report.md and plots under <out>/<run>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.analysis import (
+    input_t0_ns, match_sessions, span_percentiles, stage_percentiles, utterance_records, wake_summary,
+)
+from bench.replay import RATE, build_replay, run_pipeline
+from bench.resources import summarize
+from bench.synth import pink_noise, write_wav16
+from pipeline.config import Config
+from pipeline.latency import percentiles
+
+STAGES = {"stt": "stt_compute", "llm_first_token": "llm_first_token_compute"}
+
+
+def default_corpus_dir(config: Config, quick: bool) -> Path:
+    return Path(config.models.dir).parent / ("corpus-quick" if quick else "corpus-full")
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "model": model, "python": platform.python_version()}
+
+
+def _progress(total_s: float, desc: str, enabled: bool):
+    bar = tqdm(total=round(total_s), desc=desc, unit="s", disable=not enabled, leave=False)
+
+    def tick(elapsed: float) -> None:
+        bar.n = min(round(elapsed), bar.total)
+        bar.refresh()
+
+    return bar, tick
+
+
+def _drops(events: list[dict]) -> dict[str, int]:
+    drops: dict[str, int] = {}
+    for event in events:
+        if event.get("type") == "drop":
+            drops[event["ring"]] = drops.get(event["ring"], 0) + int(event["count"])
+    return drops
+
+
+def _restarts(events: list[dict]) -> int:
+    return sum(1 for e in events if e.get("type") == "worker" and e.get("event") in ("exited", "hung"))
+
+
+def measure_vigil(utterances, run_dir: Path, passes: int, gap_s: float, progress: bool) -> tuple[list[dict], dict]:
+    wav = run_dir / "replay.wav"
+    placements = build_replay(utterances, wav, passes, gap_s)
+    audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
+    bar, tick = _progress(audio_s + 10, f"vigil: replaying {len(placements)} utterances", progress)
+    result = run_pipeline(wav, run_dir / "vigil", extra_args=("--exit-when-done",), on_tick=tick,
+                          timeout_s=audio_s * 2 + 300)
+    bar.close()
+    wav.unlink()  # large, and rebuilt from the corpus in a second
+    if result.returncode != 0:
+        raise RuntimeError(f"the pipeline exited with {result.returncode}:\n{result.stderr_tail}")
+    t0 = input_t0_ns(result.events)
+    matched, unmatched = match_sessions(placements, result.sessions, t0)
+    records = utterance_records(utterances, matched, t0)
+    extra = {"unmatched": unmatched, "drops": _drops(result.events), "restarts": _restarts(result.events),
+             "resources": summarize(result.samples), "wall_s": round(result.wall_s, 1)}
+    return records, extra
+
+
+def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
+    """Listen to a loop of silence and soft noise; skip the model-loading start."""
+    rng_noise = pink_noise(20.0, rms=120.0, seed=7)
+    quiet = np.zeros(20 * RATE, dtype=np.int16)
+    wav = write_wav16(run_dir / "idle.wav", np.concatenate([quiet, rng_noise.astype(np.int16)]))
+    bar, tick = _progress(seconds + 10, "idle listening", progress)
+    result = run_pipeline(wav, run_dir / "idle", extra_args=("--loop", "--max-seconds", str(seconds + 10)),
+                          on_tick=tick, timeout_s=seconds + 200)
+    bar.close()
+    wav.unlink()
+    started = next((s["t"] for s in result.samples if "capture" in s["rss_mb"]), 0.0)
+    summary = summarize(result.samples, skip_s=started + 3.0)
+    summary["samples"] = [s for s in result.samples if s["t"] >= started + 3.0]
+    summary["drops"] = _drops(result.events)
+    summary["false_wakes"] = sum(1 for e in result.events if e.get("type") == "wake")
+    return summary
+
+
+def measure_load(utterances, run_dir: Path, progress: bool, count: int = 16) -> dict:
+    """Requests back to back with almost no gap: answers overlap the next wake (barge-in)."""
+    chosen = [u for u in utterances if u.wake][:count]
+    if not chosen:
+        return {}
+    wav = run_dir / "load.wav"
+    placements = build_replay(chosen, wav, passes=1, gap_s=0.1)
+    audio_s = placements[-1].offset_s + placements[-1].duration_s
+    bar, tick = _progress(audio_s + 10, "load", progress)
+    result = run_pipeline(wav, run_dir / "load", extra_args=("--exit-when-done",), on_tick=tick,
+                          timeout_s=audio_s * 2 + 300)
+    bar.close()
+    wav.unlink()
+    t0 = input_t0_ns(result.events) if result.returncode == 0 else 0
+    matched, _ = match_sessions(placements, result.sessions, t0)
+    records = utterance_records(chosen, matched, t0)
+    answered = [r for r in records if "speech_end_to_first_token" in r["vigil"]]
+    rss = [s["rss_mb"] for s in result.samples]
+    return {
+        "requests": len(chosen),
+        "answered": len(answered),
+        "cancelled": sum(1 for r in records if r["route"] == "cancelled"),
+        "exit_code": result.returncode,
+        "worker_restarts": _restarts(result.events),
+        "drops": _drops(result.events),
+        "speech_end_to_first_token": percentiles([r["vigil"]["speech_end_to_first_token"] for r in answered]),
+        "rss_mb_max_by_worker": {w: max(s.get(w, 0.0) for s in rss) for w in (rss[-1] if rss else {})},
+        "rss_mb_first_by_worker": rss[0] if rss else {},
+    }
+
+
+def _ratio(base: dict, ours: dict, key: str) -> float | None:
+    b, v = base.get(key), ours.get(key)
+    if not b or not v or np.isnan(b) or np.isnan(v) or v <= 0:
+        return None
+    return round(b / v, 2)
+
+
+def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: list[dict], vigil_extra: dict,
+             baseline: list[dict], floor: list[dict], idle: dict | None, load: dict | None) -> dict:
+    from bench.wer import wer
+
+    base_by_wav = {b["wav"]: b for b in baseline}
+    floor_by_wav = {f["wav"]: f for f in floor}
+    for record in records:
+        b = base_by_wav.get(record["wav"], {})
+        record["baseline"] = {**b.get("spans_ms", {}),
+                              **{STAGES[k]: v for k, v in b.get("stages_ms", {}).items() if k in STAGES}}
+        f = floor_by_wav.get(record["wav"], {})
+        record["floor"] = {k: f[k] for k in ("stt_ms", "llm_first_token_ms") if k in f}
+    unique_baseline = [{"wake_expected": r["wake_expected"], "baseline": r["baseline"]}
+                       for r in {r["wav"]: r for r in records}.values()]
+    vigil_spans = span_percentiles(records)
+    base_spans = span_percentiles(unique_baseline, key="baseline")
+    headline = "speech_end_to_first_token"
+    floors, overheads, budget_values = [], [], []
+    for r in records:
+        v = r["vigil"]
+        if "stt_ms" in r["floor"] and "llm_first_token_ms" in r["floor"]:
+            floor_ms = r["floor"]["stt_ms"] + r["floor"]["llm_first_token_ms"]
+            floors.append(floor_ms)
+            if headline in v:
+                overheads.append(v[headline] - floor_ms)
+        if "wake_to_first_token" in v and "request_speech" in v:
+            budget_values.append(v["wake_to_first_token"] - max(0.0, v["request_speech"]))
+    budget_p95 = percentiles(budget_values)["p95"]
+    heard = [(r["transcript_ref"], r["transcript"] or "") for r in records if r["wake_expected"] and r["wake_detected"]]
+    return {
+        "run": run,
+        "corpus": str(corpus_dir),
+        "passes": passes,
+        "config": {section: dataclasses.asdict(getattr(config, section)) for section in ("wake", "stt", "llm", "bench")},
+        "spans_ms": vigil_spans,
+        "spans_ms_by_route": {route: span_percentiles(records, route=route) for route in ("llm", "skill")},
+        "stages_ms": stage_percentiles(records, "vigil", STAGES),
+        "baseline": {"spans_ms": base_spans, "stages_ms": stage_percentiles(unique_baseline, "baseline", STAGES),
+                     "end_silence_ms": config.bench.baseline_end_silence_ms},
+        "ratio_baseline_over_vigil": {p: _ratio(base_spans[headline], vigil_spans[headline], p) for p in ("p50", "p95")},
+        "floor_ms": {k: percentiles(floors)[k] for k in ("p50", "p95")},
+        "overhead_ms": {k: percentiles(overheads)[k] for k in ("p50", "p95")},
+        "budget": {"budget_ms": config.bench.budget_ms, "p95_ms": budget_p95,
+                   "ok": bool(np.isnan(budget_p95) or budget_p95 <= config.bench.budget_ms)},
+        "wake": wake_summary(records, vigil_extra["unmatched"]),
+        "stt": {"wer": round(wer(heard), 4) if heard else None, "n": len(heard)},
+        "speaker": {"accuracy": None, "note": "speaker identification is not built yet"},
+        "idle": idle,
+        "load": load,
+        "drops": vigil_extra["drops"],
+        "continuous": {"resources": vigil_extra["resources"], "worker_restarts": vigil_extra["restarts"],
+                       "wall_s": vigil_extra["wall_s"]},
+        "machine": machine_info(),
+        "utterances": records,
+    }
+
+
+def _json_safe(value):
+    """NaN (an empty percentile) becomes null: report.json stays strict JSON for any reader."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    print(f"\nVigil bench {report['run']}: {run_dir}")
+    print(f"{'span (ms)':30s} {'vigil p50':>10s} {'p95':>8s} {'baseline p50':>13s} {'p95':>8s} {'n':>4s}")
+    for span, v in report["spans_ms"].items():
+        b = report["baseline"]["spans_ms"].get(span, {})
+        print(f"{span:30s} {v['p50']:10.0f} {v['p95']:8.0f} {b.get('p50', float('nan')):13.0f} "
+              f"{b.get('p95', float('nan')):8.0f} {v['n']:4d}")
+    w = report["wake"]
+    print(f"wake: {w['detected']} detected, {w['missed']} missed, {w['false_wakes']} false "
+          f"({w['negatives_hours'] * 60:.1f} min negatives); WER {report['stt']['wer']}")
+    if report["idle"]:
+        print(f"idle: {report['idle']['cpu_percent_total']:.1f} % of one core in total; "
+              f"by worker {report['idle']['cpu_percent_by_worker']}")
+    budget = report["budget"]
+    print(f"budget: p95 wake→first token minus the request's speech = {budget['p95_ms']} ms "
+          f"(budget {budget['budget_ms']:.0f} ms): {'OK' if budget['ok'] else 'EXCEEDED'}")
+
+
+def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
+              load: bool, quick: bool, progress: bool = True) -> int:
+    from bench.baseline import run_baseline, run_floor
+    from bench.corpus import build_default_corpus, load_corpus
+    from bench.render import render
+    from pipeline.models import ensure_models
+
+    models = ensure_models(Path(config.models.dir), progress=progress)
+    corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick, progress=progress)
+    utterances = load_corpus(corpus_dir)
+    run = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = out / run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records, vigil_extra = measure_vigil(utterances, run_dir, passes, gap_s, progress)
+    baseline = run_baseline(utterances, models, config, progress=progress,
+                            baseline_end_silence_ms=config.bench.baseline_end_silence_ms)
+    wake_at = {b["wav"]: b["wake_audio_s"] for b in baseline if b.get("wake_audio_s") is not None}
+    floor = run_floor(utterances, models, config, progress=progress, wake_audio_s=wake_at)
+    idle = measure_idle(run_dir, idle_s, progress) if idle_s > 0 else None
+    load_result = measure_load(utterances, run_dir, progress) if load else None
+    report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
+    (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
+    render(run_dir)
+    latest = out / "latest"
+    tmp = out / f".latest-{os.getpid()}"
+    tmp.symlink_to(run, target_is_directory=True)
+    os.replace(tmp, latest)
+    print_summary(report, run_dir)
+    return 0 if report["budget"]["ok"] else 1

@@ -1,0 +1,204 @@
+"""The parent's pure pieces: config, LatencyTracker, MetricsStore, CLI errors, coordinator events."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.coordinator import FRIENDLY_FAILURE, Coordinator
+from pipeline.latency import LatencyTracker
+from pipeline.messages import (
+    Cancel, DecodeError, LlmDone, LlmRequest, StartListening, Token, Transcript, WakeDetected, decode, encode,
+)
+from pipeline.metrics_store import MetricsStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- config ------------------------------------------------------------------------------
+
+
+def test_config_file_and_environment_overrides(tmp_path):
+    path = tmp_path / "vigil.toml"
+    path.write_text('[stt]\nthreads = 1\nend_silence_ms = 400\n[llm]\nengine = "embedded"\n')
+    config = load_config(path, environ={"VIGIL_STT__THREADS": "2", "VIGIL_WAKE__THRESHOLD": "0.4",
+                                        "VIGIL_AUDIO__LOOP": "true", "UNRELATED": "x"})
+    assert config.stt.threads == 2  # the environment wins over the file
+    assert config.stt.end_silence_ms == 400
+    assert config.wake.threshold == 0.4 and config.audio.loop is True
+    assert load_config(None, environ={}).stt.end_silence_ms == 500
+
+
+@pytest.mark.parametrize("toml,env,needle", [
+    ("[stt]\nthreads = 0\n", {}, "[stt] threads must be > 0"),
+    ("[stt]\nthreads = 'two'\n", {}, "[stt] threads"),
+    ("[stt]\nthreds = 2\n", {}, "unknown key(s) in [stt]: threds"),
+    ("[nope]\nx = 1\n", {}, "unknown section(s): nope"),
+    ("[llm]\nengine = 'gpt'\n", {}, "choose one of"),
+    ("", {"VIGIL_WAKE__THRESHOLD": "1.5"}, "between 0 and 1"),
+    ("", {"VIGIL_BOGUS__X": "1"}, "unknown section 'bogus'"),
+    ("[stt\n", {}, "not valid TOML"),
+])
+def test_invalid_config_is_a_clear_error(tmp_path, toml, env, needle):
+    path = tmp_path / "vigil.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ=env)
+    assert needle in str(err.value)
+
+
+# ---- latency tracker and metrics store -----------------------------------------------------
+
+
+def test_latency_tracker_spans_and_report():
+    tracker = LatencyTracker(max_sessions=3)
+    for session, extra_ms in enumerate([100, 200, 300, 400], start=1):
+        base = 1_000_000_000 * session
+        tracker.mark(session, "wake", base)
+        tracker.mark(session, "speech_end", base + 2_000_000_000)
+        tracker.mark(session, "transcript", base + 2_000_000_000 + extra_ms * 1_000_000)
+        tracker.mark(session, "first_token", base + 2_100_000_000 + extra_ms * 1_000_000)
+        tracker.mark(session, "first_token", base + 9_000_000_000)  # a repeated mark does not move the first
+        tracker.stage(session, "stt", extra_ms * 0.8)
+    assert tracker.measure(4, "speech_end", "first_token") == pytest.approx(500.0)
+    assert tracker.measure(4, "wake", "nope") is None
+    assert tracker.marks(1) == {}  # only the newest 3 sessions are kept
+    report = tracker.report()
+    assert report["speech_end_to_first_token"]["n"] == 3
+    assert report["speech_end_to_first_token"]["p50"] == pytest.approx(400.0)
+    assert report["wake_to_first_token"]["p50"] == pytest.approx(2400.0)
+    assert report["stt_compute"]["p50"] == pytest.approx(240.0)
+
+
+def test_metrics_store_retention_and_failed_writes(tmp_path):
+    store = MetricsStore(tmp_path, run_id="r1", retention=5)
+    for session in range(1, 9):
+        assert store.record(session, transcript=f"q{session}", speaker="unknown", route="llm", degraded=False,
+                            response="a", spans={"speech_end_to_first_token": float(session)}, marks={"wake": 1})
+    rows = store.recent()
+    assert [r["session"] for r in rows] == [4, 5, 6, 7, 8]  # bounded: the oldest went
+    assert store.recent(2)[-1]["spans"] == {"speech_end_to_first_token": 8.0}
+    # A database locked by another writer: the write is dropped and counted, never raised.
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    assert store.record(9, transcript="", speaker="", route="llm", degraded=False, response="", spans={}, marks={}) \
+        is False
+    assert store.write_errors == 1
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    store.close()
+
+
+# ---- messages ------------------------------------------------------------------------------
+
+
+def test_messages_round_trip_and_garbage_is_a_decode_error():
+    for message in (WakeDetected(3, 0.9, "oww", 1, 2), Token(1, "hé", 0, 5), Cancel(7),
+                    Transcript(1, "hi", True, 10, 20, 3.5, "speech_end")):
+        assert decode(encode(message)) == message
+    for payload in (b"\xff\xfe", b"[1,2]", b'{"type": "Nope"}', b'{"type": "Cancel"}', b"{"):
+        with pytest.raises(DecodeError):
+            decode(payload)
+
+
+# ---- coordinator: the event sequence of a session ---------------------------------------------
+
+
+class Recorder:
+    def __init__(self):
+        self.sent: list[tuple[str, object]] = []
+        self.events: list[dict] = []
+
+    def send(self, worker, message):
+        self.sent.append((worker, message))
+        return True
+
+    def emit(self, event):
+        self.events.append(event)
+
+
+def make_coordinator(tmp_path, **llm):
+    config = load_config(None, environ={f"VIGIL_LLM__{k.upper()}": str(v) for k, v in llm.items()})
+    rec = Recorder()
+    store = MetricsStore(tmp_path, "test")
+    return Coordinator(config, rec.send, rec.emit, LatencyTracker(), store), rec, store
+
+
+def test_coordinator_session_event_sequence(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=40, score=0.97, engine="oww", audio_ns=now, detected_ns=now + 5_000_000))
+    assert isinstance(rec.sent[-1][1], StartListening) and rec.sent[-1][0] == "stt"
+    coord.handle(Transcript(1, "what is the capital of France?", True, now + 2_000_000_000, now + 2_700_000_000,
+                            300.0))
+    assert rec.sent[-1][0] == "llm" and isinstance(rec.sent[-1][1], LlmRequest)
+    for i, text in enumerate(["Paris", "."]):
+        coord.handle(Token(1, text, i, now + 2_800_000_000 + i))
+    coord.handle(LlmDone(1, "Paris.", "stop", "llm", False, now + 2_800_000_000, 150.0, 90.0))
+    kinds = [e["type"] for e in rec.events]
+    assert kinds == ["wake", "transcript", "token", "token", "response"]
+    response = rec.events[-1]
+    assert response["text"] == "Paris." and response["route"] == "llm" and response["degraded"] is False
+    assert response["latency_ms"]["speech_end_to_first_token"] == pytest.approx(800.0)
+    assert response["latency_ms"]["wake_to_first_token"] == pytest.approx(2795.0)
+    assert coord.idle() and store.recent()[-1]["transcript"] == "what is the capital of France?"
+    store.close()
+
+
+def test_coordinator_answers_friendly_when_the_llm_misses_its_deadline(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, first_token_timeout_s=0.05)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=1, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(Transcript(1, "tell me a story", True, now, now, 100.0))
+    time.sleep(0.1)
+    coord.check_deadlines()
+    assert ("llm", Cancel(1)) in rec.sent
+    response = rec.events[-1]
+    assert response["type"] == "response" and response["degraded"] is True and response["text"] == FRIENDLY_FAILURE
+    assert rec.events[-2] == {**rec.events[-2], "type": "token", "text": FRIENDLY_FAILURE}
+    coord.handle(Token(1, "late", 0, now))  # a token after the deadline is ignored
+    assert rec.events[-1] is response and coord.idle()
+    store.close()
+
+
+def test_new_wake_cancels_the_answer_in_flight(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=1, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(Transcript(1, "tell me a long story", True, now, now, 100.0))
+    coord.handle(Token(1, "Once", 0, now))
+    coord.handle(WakeDetected(seq=90, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    assert ("llm", Cancel(1)) in rec.sent
+    assert rec.sent[-1][0] == "stt" and rec.sent[-1][1].session == 2
+    assert [e["type"] for e in rec.events].count("response") == 0
+    store.close()
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--bogus"], "unrecognized arguments"),
+    (["frobnicate"], "invalid choice"),
+    (["report", "--last", "0"], "--last must be a positive number"),
+    (["run", "--input", "/nonexistent.wav"], "/nonexistent.wav"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, needle, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_every_command_has_help():
+    for command in ([], ["run"], ["report"], ["models"]):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", *command, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "usage:" in proc.stdout
