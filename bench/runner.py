@@ -134,7 +134,7 @@ def measure_load(utterances, run_dir: Path, progress: bool, count: int = 16) -> 
         "worker_restarts": _restarts(result.events),
         "drops": _drops(result.events),
         "speech_end_to_first_token": percentiles([r["vigil"]["speech_end_to_first_token"] for r in answered]),
-        "rss_mb_max_by_worker": {w: max(s.get(w, 0.0) for s in rss) for w in (rss[-1] if rss else {})},
+        "rss_mb_max_by_worker": {w: max(s.get(w, 0.0) for s in rss) for w in sorted({w for s in rss for w in s})},
         "rss_mb_first_by_worker": rss[0] if rss else {},
     }
 
@@ -242,7 +242,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     from pipeline.models import ensure_models
 
     models = ensure_models(Path(config.models.dir), progress=progress)
-    corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick, progress=progress)
+    corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick, progress=progress).parent
     utterances = load_corpus(corpus_dir)
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -34,9 +32,9 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("VIGIL_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s vigil %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from pipeline.logs import configure_logging
+
+    configure_logging("vigil")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -13,12 +13,12 @@ import importlib
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.logs import configure_logging
 from pipeline.messages import decode, encode
 from shm.audio_ring import AudioRing
 from shm.heartbeat import HeartbeatTable
@@ -41,17 +41,6 @@ class WorkerSpec:
     audio: str | None = None  # audio ring segment name
     audio_slot: int | None = None  # this worker's reader slot in the audio ring header
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def configure_logging(name: str) -> None:
-    level = os.environ.get("VIGIL_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format=f"%(asctime)s vigil-{name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("pywhispercpp").setLevel(logging.WARNING)  # it logs every transcription at INFO
 
 
 class WorkerContext:
@@ -122,7 +111,7 @@ def worker_main(spec: WorkerSpec, config: Config) -> None:
         pass
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent leads the stop
-    configure_logging(spec.name)
+    configure_logging(f"vigil-{spec.name}")
     ctx = WorkerContext(spec, config)
     signal.signal(signal.SIGTERM, ctx.request_stop)
     try:
