@@ -70,9 +70,19 @@ class LlmConfig:
         "You are Vigil, a helpful voice assistant in a public kiosk. "
         "Always answer in English, in one or two short, factual sentences."
     )
-    first_token_timeout_s: float = 3.0
+    first_token_timeout_s: float = 1.5  # request → first token; the worker answers friendly past it
     total_timeout_s: float = 15.0
     host: str = ""  # ollama: "" = OLLAMA_HOST or http://127.0.0.1:11434
+    keep_alive: str = "30m"  # ollama: keep the model loaded between kiosk requests
+    retry_connect: bool = True  # one retry on a connection failure when the deadline still allows
+
+
+@dataclass(frozen=True)
+class SkillsConfig:
+    allowed: str = "time,date,timer,status,capabilities"  # comma-separated allow-list
+    enrolled_only: str = ""  # skills only an enrolled (identified) speaker may use
+    timeout_s: float = 1.0  # per skill call; past it the person gets a friendly answer
+    pool_size: int = 4
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback only unless configured otherwise
     port: int = 8765
+    token: str = ""  # required (Authorization: Bearer) when host is not loopback
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
 
@@ -145,7 +157,7 @@ _POSITIVE = {
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
     ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
     ("metrics", "retention_sessions"), ("http", "port"), ("bench", "budget_ms"), ("bench", "passes"),
-    ("bench", "baseline_end_silence_ms"),
+    ("bench", "baseline_end_silence_ms"), ("skills", "timeout_s"), ("skills", "pool_size"),
 }
 _UNIT_INTERVAL = {("wake", "threshold"), ("stt", "vad_threshold")}
 

@@ -25,6 +25,7 @@ from pipeline.metrics_store import MetricsStore
 log = logging.getLogger("vigil.coordinator")
 
 FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
+BACKSTOP_S = 1.0  # added to the worker's own deadlines before the coordinator steps in
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Coordinator:
             self._finish(session, route="none", text="", degraded=False)
             return
         session.state = "answering"
-        session.deadline = time.monotonic() + self.config.llm.first_token_timeout_s
+        # The LLM worker enforces the first-token deadline itself; this later one covers a dead or hung worker.
+        session.deadline = time.monotonic() + self.config.llm.first_token_timeout_s + BACKSTOP_S
         self.tracker.mark(msg.session, "llm_request")
         self.send("llm", LlmRequest(session=msg.session, text=msg.text, speaker=session.speaker,
                                     t_ns=time.monotonic_ns()))
@@ -122,7 +124,7 @@ class Coordinator:
             return
         if not session.tokens:
             self.tracker.mark(token.session, "first_token", token.t_ns)
-            session.deadline = time.monotonic() + self.config.llm.total_timeout_s
+            session.deadline = time.monotonic() + self.config.llm.total_timeout_s + BACKSTOP_S
         session.tokens.append(token.text)
         self.emit({"type": "token", "t": time.time(), "session": token.session, "text": token.text})
 

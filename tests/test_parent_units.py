@@ -151,7 +151,8 @@ def test_coordinator_session_event_sequence(tmp_path):
     store.close()
 
 
-def test_coordinator_answers_friendly_when_the_llm_misses_its_deadline(tmp_path):
+def test_coordinator_answers_friendly_when_the_llm_misses_its_deadline(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.coordinator.BACKSTOP_S", 0.0)
     coord, rec, store = make_coordinator(tmp_path, first_token_timeout_s=0.05)
     now = time.monotonic_ns()
     coord.handle(WakeDetected(seq=1, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
