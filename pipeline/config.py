@@ -53,6 +53,9 @@ class SttConfig:
     threads: int = 2
     preroll_s: float = 0.3  # audio before the wake frame handed to STT (the request may start at once)
     end_silence_ms: int = 500  # end-of-speech silence that closes the request
+    # Transcribe as soon as a pause this long begins, while the endpoint silence is still running;
+    # if the pause turns out to be the end, the transcript is already there (0 = off).
+    speculative_silence_ms: int = 150
     no_speech_timeout_s: float = 4.0
     max_utterance_s: float = 12.0
     vad_threshold: float = 0.5

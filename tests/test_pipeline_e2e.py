@@ -66,6 +66,10 @@ def test_spoken_request_is_answered_with_latency(request_wav, tmp_path, models):
     assert len(wakes) == 1, f"expected one wake, got {kinds}\n{proc.stderr[-3000:]}"
     transcripts = [e for e in events if e["type"] == "transcript" and e["final"]]
     assert transcripts, kinds
+    # Transcribed during the endpoint silence: a partial with the same words comes before the final.
+    partials = [e for e in events if e["type"] == "transcript" and not e["final"]]
+    assert partials and partials[-1]["text"] == transcripts[0]["text"], partials
+    assert events.index(partials[-1]) < events.index(transcripts[0])
     words = transcripts[0]["text"].lower()
     assert "capital" in words and "france" in words, words
     tokens = [e for e in events if e["type"] == "token"]

@@ -47,6 +47,8 @@ class Session:
         # Speech that ends inside the pre-roll is the wake phrase, not the request.
         self.request_start_sample = (request.wake_seq + 1 - first_seq) * frame_samples
 
+        self.speculative: tuple[int, str, float] | None = None  # (end sample, text, compute ms)
+
     def audio(self, end_sample: int) -> np.ndarray:
         return np.concatenate(self.frames)[:end_sample]
 
@@ -54,6 +56,29 @@ class Session:
         index = min(sample // self.frame_samples, len(self.capture_ns) - 1)
         last_in_frame = (index + 1) * self.frame_samples - 1
         return self.capture_ns[index] - (last_in_frame - sample) * SAMPLE_NS
+
+
+def transcribe(engine: WhisperEngine, session: Session, end_sample: int) -> tuple[str, float]:
+    started = time.perf_counter()
+    tail = int(0.05 * 16_000)  # a little audio past the last voiced sample helps the last word
+    text = strip_wake_phrase(engine.transcribe(session.audio(end_sample + tail)))
+    return text, (time.perf_counter() - started) * 1000
+
+
+def speculate(ctx: WorkerContext, engine: WhisperEngine, endpointer: Endpointer, session: Session) -> None:
+    """In a pause long enough to maybe be the end, transcribe now: the endpoint wait hides the cost."""
+    threshold = ctx.config.stt.speculative_silence_ms * 16
+    pause = endpointer.silence_since
+    if not threshold or pause is None:
+        return
+    end_sample = session.offset + pause
+    if end_sample <= session.request_start_sample or endpointer.samples_fed - pause < threshold:
+        return
+    if session.speculative is None or session.speculative[0] != end_sample:
+        text, compute_ms = transcribe(engine, session, end_sample)
+        session.speculative = (end_sample, text, compute_ms)
+        ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample), time.monotonic_ns(),
+                            round(compute_ms, 1), "partial"))
 
 
 def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEngine,
@@ -81,19 +106,23 @@ def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEn
         session.frames.append(frame.samples)
         session.capture_ns.append(frame.capture_ns)
         endpoint = endpointer.feed(frame.samples)
-        if endpoint is None or endpoint.kind == "speech_start":
+        if endpoint is None:
+            speculate(ctx, engine, endpointer, session)
+            continue
+        if endpoint.kind == "speech_start":
             continue
         if endpoint.kind == "no_speech":
             return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
         end_sample = session.offset + endpoint.sample_index
         if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
             session.offset = len(session.frames) * fs
+            session.speculative = None
             endpointer.reset()
             continue
-        started = time.perf_counter()
-        tail = int(0.05 * 16_000)  # a little audio past the last voiced sample helps the last word
-        text = strip_wake_phrase(engine.transcribe(session.audio(end_sample + tail)))
-        compute_ms = (time.perf_counter() - started) * 1000
+        if session.speculative and session.speculative[0] == end_sample:
+            _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
+        else:
+            text, compute_ms = transcribe(engine, session, end_sample)
         return Transcript(request.session, text, True, session.time_of(end_sample), time.monotonic_ns(),
                           round(compute_ms, 1), endpoint.kind)
     return None

@@ -131,6 +131,16 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self._speech_start is not None and self.done is None
 
+    @property
+    def silence_since(self) -> int | None:
+        """Sample index where the current pause began (end of the last voiced chunk), if in a pause.
+
+        Lets STT start transcribing during the end-of-speech silence instead of after it.
+        """
+        if not self.in_speech or self._run_start is not None:
+            return None
+        return self._last_voiced_end
+
     def feed(self, frame: np.ndarray) -> Endpoint | None:
         """Process one int16 frame; return the next event, if any."""
         self.samples_fed += len(frame)
