@@ -80,7 +80,8 @@ class PipelineSupervisor:
         process.start()
         handle.process = process
         handle.started_at = time.monotonic()
-        handle.state = "starting"
+        if handle.state != "failed":  # "failed" stays visible until the worker stays up for a window
+            handle.state = "starting"
         log.info("started %s (pid %d)", handle.spec.name, process.pid)
         self._event(handle, "started" if handle.restarts == 0 else "restarted")
 
