@@ -20,8 +20,10 @@ from pipeline.backpressure import BackpressureController, RingSpec
 from pipeline.config import Config
 from pipeline.coordinator import Coordinator
 from pipeline.latency import LatencyTracker
+from pipeline.http_server import KioskHttpServer
 from pipeline.messages import DecodeError, Emit, decode, encode
 from pipeline.metrics_store import MetricsStore
+from pipeline.prom import PipelineMetrics
 from pipeline.supervisor import PipelineSupervisor
 from shm.heartbeat import HeartbeatTable
 from shm.message_ring import MessageTooLarge, Policy
@@ -86,18 +88,28 @@ class Pipeline:
         self.stop_requested = False
         self.tracker = LatencyTracker()
         self.decode_errors = 0
+        # Checked before any segment exists, so a refused config leaves nothing behind.
+        self.metrics = PipelineMetrics(health=lambda: self.supervisor.health())
+        self.http: KioskHttpServer | None = None
+        if config.http.enabled:
+            self.http = KioskHttpServer(config.http.host, config.http.port, health=lambda: self.supervisor.health(),
+                                        metrics=self.metrics.render, token=config.http.token)
+            self.metrics.watch_sse(self.http.stats)
         removed = cleanup_stale()
         if removed:
             log.info("removed %d stale shared-memory segment(s) of a dead earlier run", len(removed))
         self.backpressure = BackpressureController(os.getpid(), ring_specs(config))
         self.rings = self.backpressure.create_all()
+        heartbeat_name = f"vigil-{os.getpid()}-heartbeat"
         try:
-            self.heartbeat = HeartbeatTable.create(f"vigil-{os.getpid()}-heartbeat", len(WORKERS))
+            self.heartbeat = HeartbeatTable.create(heartbeat_name, len(WORKERS))
+            self.store = MetricsStore(config.metrics.state_dir, self.run_id, config.metrics.retention_sessions)
         except BaseException:
             self.backpressure.unlink_all()
+            if hasattr(self, "heartbeat"):
+                self.heartbeat.close()
             raise
-        self.store = MetricsStore(config.metrics.state_dir, self.run_id, config.metrics.retention_sessions)
-        specs = worker_specs(self.backpressure, f"vigil-{os.getpid()}-heartbeat", {
+        specs = worker_specs(self.backpressure, heartbeat_name, {
             "whisper_model": str(whisper_model), "llm_model": str(llm_model),
             "events_path": options.events_path, "stdout": options.stdout})
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
@@ -115,7 +127,11 @@ class Pipeline:
             return False
 
     def emit(self, event: dict[str, Any]) -> None:
+        """One event to every output: the responder (stdout, JSONL), Prometheus, and SSE clients."""
         self.send("responder", Emit(event))
+        self.metrics.observe_event(event)
+        if self.http is not None:
+            self.http.publish(event)
 
     def _pump(self, budget: int = 64) -> int:
         handled = 0
@@ -181,6 +197,9 @@ class Pipeline:
         started = time.monotonic()
         next_check = 0.0
         try:
+            if self.http is not None:
+                self.http.start()
+                log.info("HTTP on http://%s:%d/ (/healthz, /metrics, /events)", self.config.http.host, self.http.port)
             # Capture starts last, once its readers have loaded their models: a replayed file
             # must not play to nobody (a live microphone loses nothing that matters by this).
             listeners = [name for name in WORKERS if name != "capture"]
@@ -212,6 +231,8 @@ class Pipeline:
 
     def close(self) -> None:
         try:
+            if self.http is not None:
+                self.http.stop()
             self.supervisor.stop()
         finally:
             self.backpressure.unlink_all()

@@ -52,6 +52,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         changes["fast"] = True
     if changes:
         config = config.replace("audio", **changes)
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            return _fail(f"--http {args.http}: expected HOST:PORT, e.g. 127.0.0.1:8765")
+        config = config.replace("http", enabled=True, host=host.strip("[]"), port=int(port))
     if config.audio.input != "mic":
         path = Path(config.audio.input)
         try:
@@ -68,7 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     llm = Path(config.llm.model) if config.llm.model else models.llm
     options = RunOptions(events_path=args.events, exit_when_done=args.exit_when_done,
                          max_seconds=args.max_seconds)
-    pipeline = Pipeline(config, options, whisper, llm)
+    try:
+        pipeline = Pipeline(config, options, whisper, llm)
+    except ValueError as exc:  # e.g. HTTP on a public address without a token
+        return _fail(str(exc))
     install_signal_handlers(pipeline)
     return pipeline.run()
 

@@ -159,7 +159,7 @@ _POSITIVE = {
     ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
     ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
-    ("metrics", "retention_sessions"), ("http", "port"), ("bench", "budget_ms"), ("bench", "passes"),
+    ("metrics", "retention_sessions"), ("bench", "budget_ms"), ("bench", "passes"),
     ("bench", "baseline_end_silence_ms"), ("skills", "timeout_s"), ("skills", "pool_size"),
 }
 _UNIT_INTERVAL = {("wake", "threshold"), ("stt", "vad_threshold")}
@@ -187,6 +187,8 @@ def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where} = {value!r}; choose one of {sorted(_CHOICES[(section, key)])}")
     if (section, key) in _POSITIVE and not value > 0:
         raise ConfigError(f"{where} must be > 0, got {value!r}")
+    if (section, key) == ("http", "port") and not 0 <= value <= 65535:
+        raise ConfigError(f"{where} must be a TCP port (0-65535; 0 = any free port), got {value!r}")
     if (section, key) in _UNIT_INTERVAL and not 0.0 < value < 1.0:
         raise ConfigError(f"{where} must be between 0 and 1, got {value!r}")
     return value

@@ -13,7 +13,10 @@ Routes (GET only; bodies are ignored, every response closes the connection):
             ones after that id), then live events. Each client has a bounded queue: a client that does
             not keep up loses its oldest events, they are counted (`stats()["dropped"]`) and the client
             is told with a `drop` event {ring: "sse", count}. A `: keep-alive` comment every
-            `keepalive_s`. A client that stalls a write for `write_timeout_s` is disconnected.
+            `keepalive_s`. A client that stalls a write for `write_timeout_s` is disconnected. A stream
+            ends after `max_stream_s` (then the client reconnects with Last-Event-ID and misses
+            nothing that is still in the history); this also lets headless Chromium's virtual time
+            run, which waits for pending requests.
   /         the status page (pipeline/static/index.html)
 
 Security: binding anything but a loopback address needs a token (ValueError otherwise). With a token
@@ -79,7 +82,26 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address, handler, kiosk: "KioskHttpServer") -> None:
         self.kiosk = kiosk
+        self._slots = threading.BoundedSemaphore(kiosk.max_connections)
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, at most `max_connections` at once; the rest are closed at once."""
+        if not self._slots.acquire(blocking=False):
+            log.debug("connection from %s refused: too many connections", client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:  # never print tracebacks to stderr
         log.debug("HTTP request from %s failed", client_address, exc_info=True)
@@ -94,7 +116,8 @@ class KioskHttpServer:
 
     def __init__(self, host: str, port: int, health: Callable[[], dict], metrics: Callable[[], bytes],
                  token: str = "", *, queue_size: int = 512, history: int = 300, keepalive_s: float = 15.0,
-                 write_timeout_s: float = 10.0, max_clients: int = 16, request_timeout_s: float = 5.0) -> None:
+                 write_timeout_s: float = 10.0, max_clients: int = 16, request_timeout_s: float = 5.0,
+                 max_stream_s: float = 300.0, max_connections: int = 64) -> None:
         token = token or ""
         if not is_loopback(host) and not token:
             raise ValueError(f"refusing to serve HTTP on non-loopback host {host!r} without a token: "
@@ -111,6 +134,8 @@ class KioskHttpServer:
         self.write_timeout_s = float(write_timeout_s)
         self.max_clients = int(max_clients)
         self.request_timeout_s = float(request_timeout_s)
+        self.max_stream_s = float(max_stream_s)
+        self.max_connections = max(int(max_clients) + 4, int(max_connections))
         self._history: deque[tuple[int, bytes]] = deque(maxlen=max(0, int(history)))
         self._clients: list[_Client] = []
         self._lock = threading.Lock()  # guards clients, history, seq and the counters
@@ -236,11 +261,11 @@ class KioskHttpServer:
         except OSError:
             pass
 
-    def _next_chunk(self, client: _Client) -> bytes | None:
-        """Frames waiting for the client (joined), b"" on keep-alive time, None when closed."""
+    def _next_chunk(self, client: _Client, wait_s: float) -> bytes | None:
+        """Frames waiting for the client (joined), b"" after `wait_s` without any, None when closed."""
         with client.cond:
             if not client.queue and not client.closed:
-                client.cond.wait(self.keepalive_s)
+                client.cond.wait(max(0.0, wait_s))
             if client.closed:
                 return None
             frames = list(client.queue)
@@ -280,6 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.requestline, self.request_version, self.command = "", "", ""
             self.send_error(414)
             return False
         if not super().parse_request():
@@ -376,12 +402,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"retry: 2000\n\n")
             self.wfile.flush()
+            end = time.monotonic() + kiosk.max_stream_s if kiosk.max_stream_s > 0 else float("inf")
             while True:
-                chunk = kiosk._next_chunk(client)
+                left = end - time.monotonic()
+                chunk = kiosk._next_chunk(client, min(kiosk.keepalive_s, left))
                 if chunk is None:
                     break
-                self.wfile.write(chunk or b": keep-alive\n\n")
-                self.wfile.flush()
+                over = time.monotonic() >= end
+                if chunk or not over:
+                    self.wfile.write(chunk or b": keep-alive\n\n")
+                    self.wfile.flush()
+                if over:
+                    break  # recycle the stream: EventSource reconnects with Last-Event-ID, nothing is lost
         except (BrokenPipeError, ConnectionResetError, socket.timeout, TimeoutError, OSError):
             pass  # the client went away or stalled past the write timeout
         finally:

@@ -31,6 +31,18 @@ def our_segments() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("vigil-")}
 
 
+def leaked_segments(before: set[str]) -> set[str]:
+    """New vigil segments whose owner is this test run or is dead (a live other run's are not ours)."""
+    from shm.segments import owner_of
+
+    leaked = set()
+    for name in our_segments() - before:
+        owner = owner_of(name)
+        if owner is None or owner == os.getpid() or not psutil.pid_exists(owner):
+            leaked.add(name)
+    return leaked
+
+
 def our_processes() -> list[psutil.Process]:
     """Live vigil-* worker processes that are descendants of this test run."""
     me = psutil.Process()
@@ -50,9 +62,9 @@ def nothing_left_behind():
     before = our_segments()
     yield
     deadline = time.monotonic() + 5
-    while (our_segments() - before or our_processes()) and time.monotonic() < deadline:
+    while (leaked_segments(before) or our_processes()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    leaked = our_segments() - before
+    leaked = leaked_segments(before)
     procs = our_processes()
     assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
     assert not procs, f"processes left behind: {[(p.pid, p.name()) for p in procs]}"

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +120,26 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
     return None
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthz(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as err:  # 503 while degraded still carries the JSON
+        return json.loads(err.read())
+
+
 def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_path, models):
     events_path = tmp_path / "events.jsonl"
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--input", str(request_wav), "--loop",
-         "--events", str(events_path)],
+         "--events", str(events_path), "--http", f"127.0.0.1:{port}"],
         cwd=ROOT, env=pipeline_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -130,6 +148,9 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
         assert wait_for(lambda: len(responses()) >= 1, 120), "no first answer"
         pids = worker_pids(parent)
         assert set(pids) == {"capture", "wakeword", "stt", "llm", "responder"}, pids
+        health = healthz(port)
+        assert health["status"] == "ok", health
+        assert {name: w["pid"] for name, w in health["workers"].items()} == pids
         segments = our_segments()
         assert any(name.startswith(f"vigil-{proc.pid}-") for name in segments)
         answered = len(responses())
@@ -141,6 +162,11 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
         assert wait_for(lambda: len(responses()) > answered, 90), "no answer after the restart"
         new_pids = worker_pids(parent)
         assert new_pids["stt"] != pids["stt"] and new_pids["llm"] == pids["llm"]
+        health = healthz(port)
+        assert health["workers"]["stt"]["restarts"] == 1 and health["workers"]["stt"]["pid"] == new_pids["stt"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        assert 'vigil_worker_restarts_total{worker="stt"} 1.0' in metrics, metrics[:2000]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -1,21 +1,71 @@
-"""LLM worker: turns a transcript into a streamed answer.
+"""LLM worker: turns a transcript into a streamed answer -- always, on time.
 
 The system prompt is evaluated once at start, so a request only pays for its own few
 tokens (the prefix cache makes the first token ~10x faster). Tokens go out one message
-each as soon as they exist; a Cancel for the session (barge-in, shutdown) stops the engine
-between two tokens.
+each as soon as they exist.
+
+Deadlines, retry and cancellation (DESIGN.md "Failure handling"):
+
+* The engine runs on a helper thread; this process's main thread only moves tokens from
+  that thread to the outbox, beats the heartbeat and watches the inbox and the clock. So
+  a hung engine can neither silence the heartbeat nor hold the person past a deadline.
+* First-token deadline (``llm.first_token_timeout_s``) and total deadline
+  (``llm.total_timeout_s``), both counted from the request (``LlmRequest.t_ns``).
+* One retry when the engine could not connect (``error`` starting "connect:") before any
+  token went out, if ``llm.retry_connect`` and the first-token budget still allows.
+* A ``Cancel`` for the session (barge-in, shutdown) stops the engine between two tokens:
+  the helper's token callback returns True, which stops llama.cpp, and for ollama closes
+  the HTTP stream (the server then stops generating).
+* Any failure -- connection refused, hang, HTTP error, broken or malformed stream, model
+  missing, engine error, deadline -- streams ``FRIENDLY_FAILURE`` as an ordinary Token and
+  ends with ``LlmDone(degraded=True)``.
+
+What happens to a helper thread that outlives its request (a hang):
+
+* ollama: it stays blocked in a socket read until the client's own timeout
+  (first-token deadline + ``CLIENT_TIMEOUT_MARGIN_S``) ends it; meanwhile the next request
+  proceeds at once on a new connection. At most ``MAX_ABANDONED`` such threads may be
+  alive; past that requests are answered friendly without calling the engine.
+* embedded (llama.cpp in process): calls are serialised by the engine's lock. A cancelled
+  call stops at its next token (~15 ms), so normally nothing is left behind. A call that
+  truly wedges inside llama.cpp keeps the lock: the next requests then miss their
+  first-token deadline and are answered friendly, and once a helper has been stuck for
+  ``wedged_after_s`` the worker exits (code 70) so the supervisor restarts it with a fresh
+  engine -- a native call cannot be interrupted any other way.
+
+Extending: ``answer()`` picks a route; the LLM is the "llm" route. Another route (a skill)
+can reuse :func:`deliver` with its own ``produce(on_token) -> StreamResult`` and
+``route="skill:NAME"`` to get the same threads, deadlines, cancellation and fallback.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
+import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from pipeline.messages import Cancel, LlmDone, LlmRequest, Token
-from workers.llm_engines import EmbeddedLlm, LlmEngine
+from workers.llm_engines import EmbeddedLlm, LlmEngine, StreamResult
 from workers.runtime import WorkerContext
 
 FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
+POLL_S = 0.01  # main-thread wait per loop: bounds the reaction time to a Cancel
+RETRY_PAUSE_S = 0.05  # before the one connect retry (a restarting server)
+MIN_RETRY_BUDGET_S = 0.1  # retry only if at least this much first-token budget is left
+CLIENT_TIMEOUT_MARGIN_S = 1.0  # ollama client timeout = first-token deadline + this
+MAX_ABANDONED = 8  # helper threads still blocked after their request ended
+WARM_TIMEOUT_S = 60.0
+EXIT_WEDGED = 70
+
+log = logging.getLogger("vigil.llm")
+
+Produce = Callable[[Callable[[str], bool]], StreamResult]
 
 
 def make_engine(ctx: WorkerContext) -> LlmEngine:
@@ -24,44 +74,255 @@ def make_engine(ctx: WorkerContext) -> LlmEngine:
         model = Path(cfg.model) if cfg.model else Path(ctx.extra["llm_model"])
         return EmbeddedLlm(model.resolve(), n_threads=cfg.threads, repeat_penalty=cfg.repeat_penalty,
                            temperature=cfg.temperature)
+    if cfg.engine == "ollama":
+        from workers.ollama_engine import OllamaLlm
+
+        return OllamaLlm(host=cfg.host, model=cfg.model, timeout_s=cfg.first_token_timeout_s + CLIENT_TIMEOUT_MARGIN_S,
+                         keep_alive=cfg.keep_alive, warm_timeout_s=WARM_TIMEOUT_S,
+                         options={"temperature": cfg.temperature, "repeat_penalty": cfg.repeat_penalty})
     raise ValueError(f"unknown llm engine {cfg.engine!r}")
 
 
-def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest) -> LlmDone:
+def is_connect_failure(result: StreamResult) -> bool:
+    return result.finish_reason == "error" and (result.error or "").startswith("connect:")
+
+
+# ---- helper threads -------------------------------------------------------------------
+
+
+class Attempt:
+    """One engine call on a daemon helper thread; tokens and the result come back through a queue."""
+
+    def __init__(self, produce: Produce, label: str) -> None:
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancel = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(produce,), name=f"llm-{label}", daemon=True)
+        self.abandoned_at = 0.0
+        self.thread.start()
+
+    def _on_token(self, text: str) -> bool:
+        if self.cancel.is_set():
+            return True
+        self.queue.put(("token", text, time.monotonic_ns()))
+        return self.cancel.is_set()
+
+    def _run(self, produce: Produce) -> None:
+        try:
+            result = produce(self._on_token)
+        except BaseException as exc:  # noqa: BLE001 - engines should not raise; report it if one does
+            result = StreamResult("", 0, "error", None, 0.0, f"engine raised {type(exc).__name__}: {exc}")
+        self.queue.put(("done", result, time.monotonic_ns()))
+
+
+@dataclass
+class Helpers:
+    """Helper threads that outlived their request, and the limit on them."""
+
+    abandoned: list[Attempt] = field(default_factory=list)
+    max_abandoned: int = MAX_ABANDONED
+
+    def reap(self) -> None:
+        self.abandoned = [a for a in self.abandoned if a.thread.is_alive()]
+
+    def abandon(self, attempt: Attempt) -> None:
+        attempt.cancel.set()
+        if attempt.thread.is_alive():
+            attempt.abandoned_at = time.monotonic()
+            self.abandoned.append(attempt)
+
+    def full(self) -> bool:
+        self.reap()
+        return len(self.abandoned) >= self.max_abandoned
+
+    def stuck_for(self) -> float:
+        """Seconds the oldest still-running abandoned helper has been stuck (0 if none)."""
+        self.reap()
+        now = time.monotonic()
+        return max((now - a.abandoned_at for a in self.abandoned), default=0.0)
+
+
+HELPERS = Helpers()
+
+
+# ---- one request ----------------------------------------------------------------------
+
+
+@dataclass
+class _Delivery:
+    ctx: WorkerContext
+    request: LlmRequest
+    backlog: deque | None
+    index: int = 0
+    first_ns: int = 0
+    parts: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+    def send(self, text: str, t_ns: int | None = None) -> None:
+        now = t_ns or time.monotonic_ns()
+        if not self.first_ns:
+            self.first_ns = now
+        self.ctx.send(Token(session=self.request.session, text=text, index=self.index, t_ns=now))
+        self.index += 1
+        self.parts.append(text)
+
+    def poll_inbox(self) -> None:
+        """Take what arrived meanwhile: our Cancel stops us; anything else waits in the backlog."""
+        while True:
+            message = self.ctx.recv(0.0)
+            if message is None:
+                break
+            if isinstance(message, Cancel) and message.session == self.request.session:
+                self.cancelled = True
+            elif self.backlog is not None:
+                self.backlog.append(message)
+            else:
+                log.warning("message dropped while answering session %d: %r", self.request.session, message)
+        if self.ctx.should_stop():
+            self.cancelled = True
+
+
+def deliver(ctx: WorkerContext, request: LlmRequest, produce: Produce, *, route: str = "llm",
+            first_token_timeout_s: float | None = None, total_timeout_s: float | None = None,
+            retry_connect: bool | None = None, backlog: deque | None = None,
+            helpers: Helpers | None = None) -> LlmDone:
+    """Run ``produce(on_token)`` on a helper thread and stream its tokens under the deadlines.
+
+    Always returns an LlmDone; on any failure the person has been sent FRIENDLY_FAILURE.
+    """
+    cfg = ctx.config.llm
+    first_s = cfg.first_token_timeout_s if first_token_timeout_s is None else first_token_timeout_s
+    total_s = cfg.total_timeout_s if total_timeout_s is None else total_timeout_s
+    retry = cfg.retry_connect if retry_connect is None else retry_connect
+    helpers = HELPERS if helpers is None else helpers
+
+    now_ns = time.monotonic_ns()
+    start_ns = request.t_ns if 0 < request.t_ns <= now_ns else now_ns
+    first_deadline = start_ns + int(first_s * 1e9)
+    total_deadline = start_ns + int(total_s * 1e9)
+    d = _Delivery(ctx, request, backlog)
+    result: StreamResult | None = None
+    reason = ""  # why we gave up without a result: timeout | cancelled | busy
+    attempts = 0
+    while True:
+        if helpers.full():
+            reason, error = "busy", f"{len(helpers.abandoned)} engine calls still stuck"
+            break
+        attempts += 1
+        attempt = Attempt(produce, f"{request.session}.{attempts}")
+        result, reason, error = _pump(d, attempt, first_deadline, total_deadline)
+        if result is None:  # timeout or cancel: the helper may still be running
+            helpers.abandon(attempt)
+            break
+        left_s = (first_deadline - time.monotonic_ns()) / 1e9
+        if (retry and attempts == 1 and not d.parts and is_connect_failure(result)
+                and left_s >= MIN_RETRY_BUDGET_S + RETRY_PAUSE_S):
+            ctx.log.warning("session %d: %s; retrying once (%.0f ms of first-token budget left)",
+                            request.session, result.error, left_s * 1000)
+            time.sleep(RETRY_PAUSE_S)
+            ctx.beat()
+            continue
+        break
+
+    end_ns = time.monotonic_ns()
+    if result is not None and not d.cancelled:
+        finish = result.finish_reason
+        degraded = finish in ("error", "cancelled") or not "".join(d.parts).strip()
+        error = result.error if finish == "error" else ("empty answer" if degraded else None)
+    elif d.cancelled or reason == "cancelled":
+        finish, degraded, error = "cancelled", False, None
+    else:
+        finish, degraded = ("timeout" if reason == "timeout" else "error"), True
+    if degraded:
+        ctx.log.warning("session %d: %s (%s) after %.0f ms; answering friendly", request.session, finish,
+                        error, (end_ns - start_ns) / 1e6)
+        d.send((" " if d.parts else "") + FRIENDLY_FAILURE)  # the person always hears something
+    ctx.beat()
+    text = "".join(d.parts).strip()
+    engine_first_ms = result.first_token_ms if result is not None else None
+    return LlmDone(session=request.session, text=text, finish_reason=finish, route=route, degraded=degraded,
+                   first_token_ns=d.first_ns,
+                   compute_ms=round((end_ns - start_ns) / 1e6, 1),
+                   first_token_ms=round(engine_first_ms if engine_first_ms is not None
+                                        else (d.first_ns - start_ns) / 1e6 if d.first_ns else 0.0, 1))
+
+
+def _pump(d: _Delivery, attempt: Attempt, first_deadline: int,
+          total_deadline: int) -> tuple[StreamResult | None, str, str | None]:
+    """Move tokens from the helper to the outbox until it is done, a deadline passes or a Cancel comes."""
+    ctx = d.ctx
+    while True:
+        d.poll_inbox()
+        if d.cancelled:
+            return None, "cancelled", None
+        now = time.monotonic_ns()
+        deadline = total_deadline if d.parts else min(first_deadline, total_deadline)
+        if now >= deadline:
+            which = "total" if d.parts else "first-token"
+            return None, "timeout", f"no {'end' if d.parts else 'first token'} within the {which} deadline"
+        try:
+            kind, payload, t_ns = attempt.queue.get(timeout=min(POLL_S, (deadline - now) / 1e9))
+        except queue.Empty:
+            ctx.beat()
+            continue
+        if kind == "done":
+            return payload, "", payload.error
+        if t_ns > deadline:  # produced too late: the deadline check above handles it next turn
+            attempt.cancel.set()
+            continue
+        d.send(payload, t_ns)
+        ctx.beat()
+
+
+def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest, backlog: deque | None = None,
+           helpers: Helpers | None = None) -> LlmDone:
+    """Route a request and deliver the answer. Routes other than "llm" (skills) go here, before the LLM."""
     cfg = ctx.config.llm
     messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": request.text}]
-    state = {"index": 0, "first_ns": 0, "cancelled": False}
 
-    def on_token(text: str) -> bool:
-        now = time.monotonic_ns()
-        if not state["first_ns"]:
-            state["first_ns"] = now
-        ctx.send(Token(session=request.session, text=text, index=state["index"], t_ns=now))
-        state["index"] += 1
+    def produce(on_token: Callable[[str], bool]) -> StreamResult:
+        return engine.stream(messages, on_token, max_tokens=cfg.max_tokens)
+
+    return deliver(ctx, request, produce, route="llm", backlog=backlog, helpers=helpers)
+
+
+# ---- the worker -----------------------------------------------------------------------
+
+
+def warm(ctx: WorkerContext, engine: LlmEngine, timeout_s: float = WARM_TIMEOUT_S) -> None:
+    """Warm the engine on a helper thread, beating meanwhile; give up waiting after ``timeout_s``."""
+    t0 = time.monotonic()
+    thread = threading.Thread(target=engine.warm, args=(ctx.config.llm.system_prompt,), name="llm-warm", daemon=True)
+    thread.start()
+    while thread.is_alive() and time.monotonic() - t0 < timeout_s and not ctx.should_stop():
         ctx.beat()
-        message = ctx.recv(0.0)
-        if isinstance(message, Cancel) and message.session == request.session:
-            state["cancelled"] = True
-        return state["cancelled"] or ctx.should_stop()
-
-    result = engine.stream(messages, on_token, max_tokens=cfg.max_tokens)
-    degraded = result.finish_reason == "error" or (not result.text.strip() and not state["cancelled"])
-    text = result.text
-    if degraded and not state["cancelled"]:
-        on_token(FRIENDLY_FAILURE)  # the person always hears something
-        text = FRIENDLY_FAILURE
-    return LlmDone(session=request.session, text=text.strip(), finish_reason=result.finish_reason, route="llm",
-                   degraded=degraded, first_token_ns=state["first_ns"], compute_ms=round(result.total_ms, 1),
-                   first_token_ms=round(result.first_token_ms or 0.0, 1))
+        thread.join(0.1)
+    if thread.is_alive():
+        ctx.log.warning("warm-up still running after %.0f s; serving anyway", timeout_s)
+    else:
+        ctx.log.info("warm-up done in %.0f ms", (time.monotonic() - t0) * 1000)
 
 
 def run(ctx: WorkerContext) -> None:
     engine = make_engine(ctx)
-    engine.warm(ctx.config.llm.system_prompt)
+    warm(ctx, engine)
+    cfg = ctx.config.llm
+    wedged_after_s = max(2.0 * cfg.total_timeout_s, 30.0)
+    backlog: deque[Any] = deque()
+    cancelled: deque[int] = deque(maxlen=64)  # Cancels that came before their request was taken
     while not ctx.should_stop():
         ctx.beat()
-        message = ctx.recv(0.1)
-        if isinstance(message, LlmRequest):
-            done = answer(ctx, engine, message)
-            ctx.log.info("answer (%s, first token %.0f ms): %r", done.finish_reason, done.first_token_ms, done.text)
+        stuck = HELPERS.stuck_for()
+        if stuck > wedged_after_s and engine.name == "embedded":
+            ctx.log.error("an engine call has been stuck for %.0f s; exiting so the supervisor restarts us", stuck)
+            sys.exit(EXIT_WEDGED)
+        message = backlog.popleft() if backlog else ctx.recv(0.1)
+        if isinstance(message, Cancel):
+            cancelled.append(message.session)
+        elif isinstance(message, LlmRequest):
+            if message.session in cancelled:
+                ctx.log.info("session %d was cancelled before it started", message.session)
+                continue
+            done = answer(ctx, engine, message, backlog=backlog)
+            ctx.log.info("answer (%s, first token %.0f ms%s): %r", done.finish_reason, done.first_token_ms,
+                         ", degraded" if done.degraded else "", done.text)
             ctx.send(done)

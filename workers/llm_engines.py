@@ -37,6 +37,8 @@ from typing import Callable, Literal, Protocol
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 GGUF_MAGIC = b"GGUF"
+SAMPLING_KEYS = frozenset({"temperature", "repeat_penalty", "top_p", "top_k", "min_p", "seed", "stop",
+                           "presence_penalty", "frequency_penalty"})
 
 
 class LlmError(RuntimeError):
@@ -57,6 +59,7 @@ class StreamResult:
     first_token_ms: float | None
     total_ms: float
     error: str | None = None
+    prompt_tokens: int | None = None  # prompt tokens evaluated (not cached), when the engine says
 
 
 class LlmEngine(Protocol):
@@ -159,9 +162,14 @@ class EmbeddedLlm:
         messages: list[dict],
         on_token: Callable[[str], bool],
         max_tokens: int = 96,
+        *,
+        sampling: dict | None = None,
     ) -> StreamResult:
+        """Stream a reply; ``sampling`` overrides per request (temperature, repeat_penalty,
+        top_p, top_k, seed, stop -- what serve-llm passes on from an Ollama request)."""
         parts: list[str] = []
-        state: dict = {"first": None, "finish": None, "error": None, "n_pred": None, "cancel": False}
+        state: dict = {"first": None, "finish": None, "error": None, "n_pred": None, "n_prompt": None,
+                       "cancel": False}
         t0 = time.perf_counter()
 
         def callback(chunk: dict) -> bool:
@@ -179,6 +187,7 @@ class EmbeddedLlm:
                 timings = chunk.get("timings")
                 if timings:
                     state["n_pred"] = timings.get("predicted_n")
+                    state["n_prompt"] = timings.get("prompt_n")
                 if text:
                     if state["first"] is None:
                         state["first"] = time.perf_counter()
@@ -199,6 +208,9 @@ class EmbeddedLlm:
             "repeat_penalty": self.repeat_penalty,
             "cache_prompt": True,
         }
+        for key, value in (sampling or {}).items():
+            if key in SAMPLING_KEYS and value is not None:
+                request[key] = value
         try:
             with self._lock:
                 self._srv.handle_chat_completions(request, callback)
@@ -225,4 +237,5 @@ class EmbeddedLlm:
             first_token_ms=first_ms,
             total_ms=total_ms,
             error=state["error"],
+            prompt_tokens=state["n_prompt"],
         )
