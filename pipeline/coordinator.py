@@ -17,7 +17,7 @@ from typing import Any, Callable
 from pipeline.config import Config
 from pipeline.latency import LatencyTracker
 from pipeline.messages import (
-    Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, StartListening, Token, Transcript, WakeDetected,
+    Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, StartListening, Token, Transcript, WakeDetected,
     WorkerState,
 )
 from pipeline.metrics_store import MetricsStore
@@ -65,6 +65,8 @@ class Coordinator:
             self._on_token(message)
         elif isinstance(message, LlmDone):
             self._on_done(message)
+        elif isinstance(message, Announce):
+            self._on_announce(message)
         elif isinstance(message, InputStarted):
             self.input_started = message
             self.emit({"type": "input", "t": time.time(), "event": "started", "source": message.source,
@@ -137,6 +139,13 @@ class Coordinator:
         self.tracker.stage(done.session, "llm", done.compute_ms)
         self._finish(session, route=done.route, text=done.text or "".join(session.tokens).strip(),
                      degraded=done.degraded)
+
+    def _on_announce(self, msg: Announce) -> None:
+        """A timer went off: say so like any answer, as its own session with nothing heard."""
+        session = next(self._ids)
+        self.emit({"type": "token", "t": time.time(), "session": session, "text": msg.text})
+        self.emit({"type": "response", "t": time.time(), "session": session, "transcript": "", "speaker": "unknown",
+                   "route": msg.route, "text": msg.text, "degraded": False, "latency_ms": {}})
 
     # ---- endings -----------------------------------------------------------------------
 

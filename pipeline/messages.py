@@ -63,6 +63,15 @@ class LlmDone:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """Something to say that no one just asked for, e.g. "Your 5 minute timer is done."."""
+
+    text: str
+    route: str  # e.g. "skill:timer"
+    t_ns: int
+
+
+@dataclass(frozen=True)
 class InputStarted:
     """The capture worker began a source; `seq` is the first frame it will write."""
 
@@ -125,7 +134,7 @@ class Emit:
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        WakeDetected, Transcript, Token, LlmDone, InputStarted, InputEnded, WorkerState,
+        WakeDetected, Transcript, Token, LlmDone, Announce, InputStarted, InputEnded, WorkerState,
         StartListening, LlmRequest, Cancel, Emit,
     )
 }

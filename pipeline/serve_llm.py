@@ -425,7 +425,8 @@ def serve(config: Config, host: str, port: int, model_path: str | os.PathLike[st
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, _frame: Any) -> None:
             log.info("serve-llm: signal %d, stopping", signum)
-            threading.Thread(target=server.stop, daemon=True).start()  # shutdown() must not run in serve_forever's thread
+            # shutdown() waits for serve_forever(), which runs in this (main) thread: call it from another
+            threading.Thread(target=server.stop, daemon=True).start()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
@@ -457,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     config = load_config(args.config) if args.config else load_config()
-    model = args.model or config.llm.model
+    # [llm] model is a gguf path only for the embedded engine (for ollama it names a remote model)
+    model = args.model or (config.llm.model if config.llm.engine == "embedded" else "")
     if not model:
         from pipeline.models import ensure_models
 

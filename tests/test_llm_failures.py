@@ -90,14 +90,13 @@ class WorkerHarness:
         self.heartbeat.close()
 
 
-def test_config(**llm):
+def worker_config(**llm):
     cfg = load_config(environ={})
     base = dict(engine="ollama", first_token_timeout_s=FIRST_S, total_timeout_s=TOTAL_S, retry_connect=True)
     base.update(llm)
     return replace(cfg, llm=replace(cfg.llm, **base))
 
 
-test_config.__test__ = False  # not a test
 
 
 def model_path() -> Path:
@@ -129,7 +128,7 @@ def serve_llm():
 
 @pytest.fixture()
 def harness():
-    h = WorkerHarness(test_config())
+    h = WorkerHarness(worker_config())
     yield h
     h.close()
 
@@ -292,7 +291,7 @@ CASES = {  # double, time budget for the friendly answer, what the worker logs a
 
 
 def real_request_is_answered(harness: WorkerHarness, serve_llm) -> None:
-    harness.ctx.config = test_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
+    harness.ctx.config = worker_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
     engine = llm_worker.make_engine(harness.ctx)
     tokens, done, _ = harness.request(engine, "What is the capital of France?")
     assert not done.degraded, done
@@ -307,7 +306,7 @@ def test_fault_gives_friendly_answer_twenty_times_then_real_answer(case, harness
     double_cls, budget_s, cause = CASES[case]
     double = double_cls() if double_cls else None
     url = double.url if double else closed_port_url()
-    harness.ctx.config = test_config(host=url)
+    harness.ctx.config = worker_config(host=url)
     engine = llm_worker.make_engine(harness.ctx)
     latencies, totals = [], []
     caplog.set_level(logging.WARNING, logger="vigil.llm")
@@ -371,7 +370,7 @@ class RefuseOnceEngineDouble:
 
 
 def test_connect_failure_is_retried_once_and_answered(harness, serve_llm):
-    harness.ctx.config = test_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
+    harness.ctx.config = worker_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
     engine = RefuseOnceEngineDouble(llm_worker.make_engine(harness.ctx))
     tokens, done, _ = harness.request(engine, "What is the capital of France?")
     assert engine.calls == 2
@@ -379,7 +378,7 @@ def test_connect_failure_is_retried_once_and_answered(harness, serve_llm):
 
 
 def test_no_retry_when_disabled(harness):
-    harness.ctx.config = test_config(host=closed_port_url(), retry_connect=False)
+    harness.ctx.config = worker_config(host=closed_port_url(), retry_connect=False)
     calls = []
 
     class CountingRefusedEngineDouble(RefuseOnceEngineDouble):
@@ -395,7 +394,7 @@ def test_cancel_stops_the_stream_and_the_server(harness, serve_llm):
     """Barge-in: a Cancel in the inbox stops tokens at once and the server stops generating."""
     import psutil
 
-    harness.ctx.config = test_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=30.0,
+    harness.ctx.config = worker_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=30.0,
                                      max_tokens=400)
     engine = llm_worker.make_engine(harness.ctx)
     harness.session += 1
@@ -458,7 +457,7 @@ class WedgedEngineDouble:
 
 
 def test_wedged_serialised_engine_still_answers_friendly_and_heartbeat_continues(harness):
-    harness.ctx.config = test_config(engine="embedded")
+    harness.ctx.config = worker_config(engine="embedded")
     engine = WedgedEngineDouble()
     try:
         beats0 = harness.heartbeat.beats(0)
@@ -483,7 +482,7 @@ def test_wedged_serialised_engine_still_answers_friendly_and_heartbeat_continues
 def test_embedded_engine_through_the_worker_answers(harness):
     from workers.llm_engines import EmbeddedLlm
 
-    harness.ctx.config = test_config(engine="embedded", first_token_timeout_s=3.0, total_timeout_s=15.0)
+    harness.ctx.config = worker_config(engine="embedded", first_token_timeout_s=3.0, total_timeout_s=15.0)
     engine = EmbeddedLlm(model_path(), n_threads=1)
     engine.warm(harness.ctx.config.llm.system_prompt)
     tokens, done, _ = harness.request(engine, "What is the capital of France?")
@@ -498,7 +497,7 @@ def teardown_module() -> None:
 
 def test_worker_loop_answers_keeps_beating_and_honours_early_cancel(harness, serve_llm):
     """workers.llm.run() itself: warm, requests from the inbox, a Cancel that precedes its request."""
-    harness.ctx.config = test_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
+    harness.ctx.config = worker_config(host=serve_llm.url, first_token_timeout_s=3.0, total_timeout_s=15.0)
     thread = threading.Thread(target=llm_worker.run, args=(harness.ctx,))
     thread.start()
     try:

@@ -40,6 +40,7 @@ can reuse :func:`deliver` with its own ``produce(on_token) -> StreamResult`` and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -50,7 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.messages import Cancel, LlmDone, LlmRequest, Token
+from pipeline.messages import Announce, Cancel, LlmDone, LlmRequest, Token
+from skills import SkillRunner
 from workers.llm_engines import EmbeddedLlm, LlmEngine, StreamResult
 from workers.runtime import WorkerContext
 
@@ -274,9 +276,17 @@ def _pump(d: _Delivery, attempt: Attempt, first_deadline: int,
 
 
 def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest, backlog: deque | None = None,
-           helpers: Helpers | None = None) -> LlmDone:
-    """Route a request and deliver the answer. Routes other than "llm" (skills) go here, before the LLM."""
+           helpers: Helpers | None = None, skills: SkillRunner | None = None) -> LlmDone:
+    """Route a request: a skill when one matches (instant and exact), else the LLM."""
     cfg = ctx.config.llm
+    skill = skills.answer(request.text, request.speaker) if skills is not None else None
+    if skill is not None:  # already bounded by the skill's own deadline
+        def spoken(on_token: Callable[[str], bool]) -> StreamResult:
+            on_token(skill.text)
+            return StreamResult(skill.text, 1, "stop", skill.elapsed_ms, skill.elapsed_ms)
+
+        done = deliver(ctx, request, spoken, route=skill.route, backlog=backlog, helpers=helpers)
+        return dataclasses.replace(done, degraded=done.degraded or skill.degraded)
     messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": request.text}]
 
     def produce(on_token: Callable[[str], bool]) -> StreamResult:
@@ -304,6 +314,15 @@ def warm(ctx: WorkerContext, engine: LlmEngine, timeout_s: float = WARM_TIMEOUT_
 
 def run(ctx: WorkerContext) -> None:
     engine = make_engine(ctx)
+    announcements: queue.SimpleQueue[str] = queue.SimpleQueue()  # timer threads must not write the ring
+    skills = SkillRunner.from_config(ctx.config, announce=announcements.put)
+    try:
+        serve(ctx, engine, skills, announcements)
+    finally:
+        skills.close()
+
+
+def serve(ctx: WorkerContext, engine: LlmEngine, skills: SkillRunner, announcements: queue.SimpleQueue) -> None:
     warm(ctx, engine)
     cfg = ctx.config.llm
     wedged_after_s = max(2.0 * cfg.total_timeout_s, 30.0)
@@ -315,6 +334,8 @@ def run(ctx: WorkerContext) -> None:
         if stuck > wedged_after_s and engine.name == "embedded":
             ctx.log.error("an engine call has been stuck for %.0f s; exiting so the supervisor restarts us", stuck)
             sys.exit(EXIT_WEDGED)
+        while not announcements.empty():
+            ctx.send(Announce(text=announcements.get(), route="skill:timer", t_ns=time.monotonic_ns()))
         message = backlog.popleft() if backlog else ctx.recv(0.1)
         if isinstance(message, Cancel):
             cancelled.append(message.session)
@@ -322,7 +343,7 @@ def run(ctx: WorkerContext) -> None:
             if message.session in cancelled:
                 ctx.log.info("session %d was cancelled before it started", message.session)
                 continue
-            done = answer(ctx, engine, message, backlog=backlog)
+            done = answer(ctx, engine, message, backlog=backlog, skills=skills)
             ctx.log.info("answer (%s, first token %.0f ms%s): %r", done.finish_reason, done.first_token_ms,
                          ", degraded" if done.degraded else "", done.text)
             ctx.send(done)
