@@ -78,6 +78,9 @@ class LlmConfig:
     host: str = ""  # ollama: "" = OLLAMA_HOST or http://127.0.0.1:11434
     keep_alive: str = "30m"  # ollama: keep the model loaded between kiosk requests
     retry_connect: bool = True  # one retry on a connection failure when the deadline still allows
+    # Start answering the partial transcript (taken in a pause) before the endpoint confirms it;
+    # its tokens are held and released only if the final transcript is the same text.
+    speculate: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ degraded answer instead of silence.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -37,6 +38,13 @@ class Session:
     speaker: str = "unknown"
     tokens: list[str] = field(default_factory=list)
     deadline: float = 0.0  # monotonic seconds; past it the session is answered as degraded
+    requests: int = 0  # LlmRequests sent for this session so far (their numbers)
+    answering: int = 0  # the request whose tokens the person sees
+    # A request started on a partial transcript: its text, number, held tokens and its end, if it came.
+    guess_text: str | None = None
+    guess: int = 0
+    held: list[Token] = field(default_factory=list)
+    held_done: LlmDone | None = None
 
 
 class Coordinator:
@@ -53,6 +61,8 @@ class Coordinator:
         self.input_ended: InputEnded | None = None
         self.worker_states: dict[str, WorkerState] = {}
         self.answered = 0
+        self.speculation_hits = 0
+        self.speculation_misses = 0
 
     # ---- routing -----------------------------------------------------------------------
 
@@ -103,6 +113,9 @@ class Coordinator:
         self.emit({"type": "transcript", "t": time.time(), "session": msg.session, "text": msg.text,
                    "final": msg.final, "speech_end_ns": msg.speech_end_ns})
         if not msg.final:
+            if msg.text and self.config.llm.speculate and msg.text != session.guess_text:
+                self._drop_guess(session)
+                session.guess_text, session.guess = msg.text, self._request(session, msg.text)
             return
         if msg.speech_end_ns:
             self.tracker.mark(msg.session, "speech_end", msg.speech_end_ns)
@@ -110,19 +123,49 @@ class Coordinator:
         self.tracker.stage(msg.session, "stt", msg.compute_ms)
         session.transcript = msg.text
         if not msg.text:
+            self._drop_guess(session)
             log.info("session %d: nothing heard (%s)", msg.session, msg.reason)
             self._finish(session, route="none", text="", degraded=False)
             return
         session.state = "answering"
-        # The LLM worker enforces the first-token deadline itself; this later one covers a dead or hung worker.
         session.deadline = time.monotonic() + self.config.llm.first_token_timeout_s + BACKSTOP_S
+        if session.guess and session.guess_text == msg.text:
+            self.speculation_hits += 1
+            session.answering = session.guess
+            self.tracker.mark(msg.session, "llm_request")
+            held, done = session.held, session.held_done
+            session.held, session.held_done = [], None
+            for token in held:  # the person sees them now, not when they were made
+                self._on_token(dataclasses.replace(token, t_ns=max(token.t_ns, time.monotonic_ns())))
+            if done is not None:
+                self._on_done(done)
+            return
+        if session.guess:
+            self.speculation_misses += 1
+        self._drop_guess(session)
         self.tracker.mark(msg.session, "llm_request")
-        self.send("llm", LlmRequest(session=msg.session, text=msg.text, speaker=session.speaker,
-                                    t_ns=time.monotonic_ns()))
+        # The LLM worker enforces the first-token deadline itself; this later one covers a dead or hung worker.
+        session.answering = self._request(session, msg.text)
+
+    def _request(self, session: Session, text: str) -> int:
+        session.requests += 1
+        self.send("llm", LlmRequest(session=session.id, text=text, speaker=session.speaker,
+                                    t_ns=time.monotonic_ns(), request=session.requests))
+        return session.requests
+
+    def _drop_guess(self, session: Session) -> None:
+        if session.guess and session.held_done is None:
+            self.send("llm", Cancel(session.id, session.guess))
+        session.guess_text, session.guess, session.held, session.held_done = None, 0, [], None
 
     def _on_token(self, token: Token) -> None:
         session = self.sessions.get(token.session)
-        if session is None or session.state != "answering":
+        if session is None:
+            return
+        if session.state == "listening" and token.request == session.guess:
+            session.held.append(token)  # an answer to the partial transcript: wait for the final one
+            return
+        if session.state != "answering" or token.request != session.answering:
             return
         if not session.tokens:
             self.tracker.mark(token.session, "first_token", token.t_ns)
@@ -132,7 +175,12 @@ class Coordinator:
 
     def _on_done(self, done: LlmDone) -> None:
         session = self.sessions.get(done.session)
-        if session is None or session.state != "answering":
+        if session is None:
+            return
+        if session.state == "listening" and done.request == session.guess:
+            session.held_done = done
+            return
+        if session.state != "answering" or done.request != session.answering:
             return
         self.tracker.mark(done.session, "done")
         self.tracker.stage(done.session, "llm_first_token", done.first_token_ms)
@@ -174,7 +222,7 @@ class Coordinator:
 
     def _cancel(self, session: Session, reason: str) -> None:
         log.info("session %d cancelled: %s", session.id, reason)
-        if session.state == "answering":
+        if session.requests:  # the answer, or one started on a partial transcript
             self.send("llm", Cancel(session.id))
         self._finish(session, route="none" if session.state == "listening" else "cancelled",
                      text="".join(session.tokens).strip(), degraded=False)

@@ -48,6 +48,7 @@ class Token:
     text: str
     index: int
     t_ns: int
+    request: int = 0  # which LlmRequest of the session (a session may start one speculatively)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class LlmDone:
     first_token_ns: int  # 0 when no token came
     compute_ms: float  # engine time from request to last token
     first_token_ms: float  # engine time from request to first token
+    request: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class LlmRequest:
     text: str
     speaker: str
     t_ns: int
+    request: int = 0  # numbered per session, so a Cancel can stop one request and not the next
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Cancel:
     """Stop work on a session (barge-in, shutdown, or a deadline)."""
 
     session: int
+    request: int = 0  # 0: every request of the session
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from bench.synth import synthesize, write_wav16
 from tests.test_pipeline_e2e import ROOT, free_port, pipeline_env, read_events, wait_for
@@ -50,7 +49,10 @@ def test_barge_in_skills_and_timer(tmp_path, models):
         ("Hey Jarvis, what time is it?", 6.0),
     ], voice="slt")  # whisper tiny.en hears kal's "set a timer" as "was set at a time"
     # A long answer, so the second wake arrives while the first is still streaming.
-    events = run(wav, tmp_path, env={"VIGIL_LLM__MAX_TOKENS": "300"})
+    events = run(wav, tmp_path, env={
+        "VIGIL_LLM__MAX_TOKENS": "300", "VIGIL_LLM__TEMPERATURE": "0.0",
+        "VIGIL_LLM__SYSTEM_PROMPT": "You are Vigil, a storyteller in a public kiosk. Answer in English. "
+                                    "Tell long, detailed stories when asked; answer facts in one sentence."})
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 4, [e["type"] for e in events]
     responses = by_session(events, "response")

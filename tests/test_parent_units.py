@@ -139,8 +139,9 @@ def test_coordinator_session_event_sequence(tmp_path):
                             300.0))
     assert rec.sent[-1][0] == "llm" and isinstance(rec.sent[-1][1], LlmRequest)
     for i, text in enumerate(["Paris", "."]):
-        coord.handle(Token(1, text, i, now + 2_800_000_000 + i))
-    coord.handle(LlmDone(1, "Paris.", "stop", "llm", False, now + 2_800_000_000, 150.0, 90.0))
+        coord.handle(Token(1, text, i, now + 2_800_000_000 + i, request=1))
+    coord.handle(Token(1, "stale", 9, now, request=7))  # not the request being answered
+    coord.handle(LlmDone(1, "Paris.", "stop", "llm", False, now + 2_800_000_000, 150.0, 90.0, request=1))
     kinds = [e["type"] for e in rec.events]
     assert kinds == ["wake", "transcript", "token", "token", "response"]
     response = rec.events[-1]
@@ -163,7 +164,7 @@ def test_coordinator_answers_friendly_when_the_llm_misses_its_deadline(tmp_path,
     response = rec.events[-1]
     assert response["type"] == "response" and response["degraded"] is True and response["text"] == FRIENDLY_FAILURE
     assert rec.events[-2] == {**rec.events[-2], "type": "token", "text": FRIENDLY_FAILURE}
-    coord.handle(Token(1, "late", 0, now))  # a token after the deadline is ignored
+    coord.handle(Token(1, "late", 0, now, request=1))  # a token after the deadline is ignored
     assert rec.events[-1] is response and coord.idle()
     store.close()
 
@@ -173,7 +174,7 @@ def test_new_wake_cancels_the_answer_in_flight(tmp_path):
     now = time.monotonic_ns()
     coord.handle(WakeDetected(seq=1, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
     coord.handle(Transcript(1, "tell me a long story", True, now, now, 100.0))
-    coord.handle(Token(1, "Once", 0, now))
+    coord.handle(Token(1, "Once", 0, now, request=1))
     coord.handle(WakeDetected(seq=90, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
     assert ("llm", Cancel(1)) in rec.sent
     assert rec.sent[-1][0] == "stt" and rec.sent[-1][1].session == 2
@@ -203,3 +204,33 @@ def test_every_command_has_help():
         proc = subprocess.run([sys.executable, "-m", "pipeline", *command, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_answer_started_on_a_partial_is_held_until_the_final_confirms_it(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=1, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(Transcript(1, "what is the capital", False, now, now, 100.0, "partial"))
+    coord.handle(Transcript(1, "what is the capital of France", False, now, now, 100.0, "partial"))
+    requests = [m for w, m in rec.sent if isinstance(m, LlmRequest)]
+    assert [r.request for r in requests] == [1, 2]
+    assert rec.sent[-2] == ("llm", Cancel(1, 1))  # the first guess was dropped when the person went on
+    coord.handle(Token(1, "Paris", 0, now + 1, request=2))
+    coord.handle(Token(1, "stale", 0, now + 1, request=1))
+    assert [e["type"] for e in rec.events].count("token") == 0  # held: the person has not finished
+    coord.handle(Transcript(1, "what is the capital of France", True, now, time.monotonic_ns(), 100.0))
+    assert [e["text"] for e in rec.events if e["type"] == "token"] == ["Paris"]
+    assert not [m for w, m in rec.sent[len(requests) + 2:] if isinstance(m, LlmRequest)], "no second request"
+    coord.handle(LlmDone(1, "Paris", "stop", "llm", False, now + 1, 10.0, 5.0, request=2))
+    response = rec.events[-1]
+    assert response["type"] == "response" and response["text"] == "Paris"
+    assert response["latency_ms"]["transcript_to_first_token"] >= 0
+    assert coord.speculation_hits == 1
+    # A final that differs from the guess: the guess is cancelled and the real text asked.
+    coord.handle(WakeDetected(seq=99, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(Transcript(2, "what time", False, now, now, 100.0, "partial"))
+    coord.handle(Transcript(2, "what time is it in Paris", True, now, now, 100.0))
+    assert rec.sent[-2] == ("llm", Cancel(2, 1))
+    assert rec.sent[-1][1].text == "what time is it in Paris" and rec.sent[-1][1].request == 2
+    assert coord.speculation_misses == 1
+    store.close()

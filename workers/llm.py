@@ -85,6 +85,12 @@ def make_engine(ctx: WorkerContext) -> LlmEngine:
     raise ValueError(f"unknown llm engine {cfg.engine!r}")
 
 
+def cancels(message: Any, request: LlmRequest) -> bool:
+    """A Cancel for this request: the whole session (request 0) or exactly this request."""
+    return (isinstance(message, Cancel) and message.session == request.session
+            and message.request in (0, request.request))
+
+
 def is_connect_failure(result: StreamResult) -> bool:
     return result.finish_reason == "error" and (result.error or "").startswith("connect:")
 
@@ -163,7 +169,8 @@ class _Delivery:
         now = t_ns or time.monotonic_ns()
         if not self.first_ns:
             self.first_ns = now
-        self.ctx.send(Token(session=self.request.session, text=text, index=self.index, t_ns=now))
+        self.ctx.send(Token(session=self.request.session, text=text, index=self.index, t_ns=now,
+                            request=self.request.request))
         self.index += 1
         self.parts.append(text)
 
@@ -173,7 +180,7 @@ class _Delivery:
             message = self.ctx.recv(0.0)
             if message is None:
                 break
-            if isinstance(message, Cancel) and message.session == self.request.session:
+            if cancels(message, self.request):
                 self.cancelled = True
             elif self.backlog is not None:
                 self.backlog.append(message)
@@ -245,7 +252,8 @@ def deliver(ctx: WorkerContext, request: LlmRequest, produce: Produce, *, route:
                    first_token_ns=d.first_ns,
                    compute_ms=round((end_ns - start_ns) / 1e6, 1),
                    first_token_ms=round(engine_first_ms if engine_first_ms is not None
-                                        else (d.first_ns - start_ns) / 1e6 if d.first_ns else 0.0, 1))
+                                        else (d.first_ns - start_ns) / 1e6 if d.first_ns else 0.0, 1),
+                   request=request.request)
 
 
 def _pump(d: _Delivery, attempt: Attempt, first_deadline: int,
@@ -327,7 +335,7 @@ def serve(ctx: WorkerContext, engine: LlmEngine, skills: SkillRunner, announceme
     cfg = ctx.config.llm
     wedged_after_s = max(2.0 * cfg.total_timeout_s, 30.0)
     backlog: deque[Any] = deque()
-    cancelled: deque[int] = deque(maxlen=64)  # Cancels that came before their request was taken
+    cancelled: deque[Cancel] = deque(maxlen=64)  # Cancels that came before their request was taken
     while not ctx.should_stop():
         ctx.beat()
         stuck = HELPERS.stuck_for()
@@ -338,9 +346,9 @@ def serve(ctx: WorkerContext, engine: LlmEngine, skills: SkillRunner, announceme
             ctx.send(Announce(text=announcements.get(), route="skill:timer", t_ns=time.monotonic_ns()))
         message = backlog.popleft() if backlog else ctx.recv(0.1)
         if isinstance(message, Cancel):
-            cancelled.append(message.session)
+            cancelled.append(message)
         elif isinstance(message, LlmRequest):
-            if message.session in cancelled:
+            if any(cancels(c, message) for c in cancelled):
                 ctx.log.info("session %d was cancelled before it started", message.session)
                 continue
             done = answer(ctx, engine, message, backlog=backlog, skills=skills)
