@@ -56,3 +56,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# The appliance: code in /opt/vigil, models in /var/cache/vigil, a hardened systemd unit
+# (deploy/vigil.service), enabled and started when systemd is PID 1. Idempotent; see deploy/install.sh.
+.PHONY: install-service
+install-service:
+	$(SUDO) bash deploy/install.sh

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.latency import SPANS, percentiles
+from pipeline.latency import SPANS, finite, percentiles
 
 HEADLINE = "speech_end_to_first_token"
 CDF_SPANS = ("speech_end_to_first_token", "wake_to_first_token", "speech_end_to_transcript",
@@ -42,41 +41,30 @@ STAGE_COLORS = ("#bdbdbd", "#2ca02c", "#ff7f0e")  # endpoint wait, STT compute, 
 # ----------------------------------------------------------------------------------------------
 # small helpers
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for missing/NaN/non-numbers."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def fmt_ms(value: Any) -> str:
-    v = _num(value)
+    v = finite(value)
     if v is None:
         return "n/a"
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}"
 
 
 def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    v = _num(value)
+    v = finite(value)
     return "n/a" if v is None else f"{v:.{digits}f}{suffix}"
 
 
 def fmt_int(value: Any) -> str:
-    v = _num(value)
+    v = finite(value)
     return "n/a" if v is None else str(int(round(v)))
 
 
 def fmt_pct(fraction: Any) -> str:
-    v = _num(fraction)
+    v = finite(fraction)
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
 def ratio(num: Any, den: Any) -> float | None:
-    a, b = _num(num), _num(den)
+    a, b = finite(num), finite(den)
     if a is None or b is None or b == 0:
         return None
     return a / b
@@ -121,7 +109,7 @@ def _values(utterances: list[dict], side: str, key: str, kind: str | None = None
     for u in utterances:
         if kind is not None and route_kind(u.get("route")) != kind:
             continue
-        v = _num(_dict(u.get(side)).get(key))
+        v = finite(_dict(u.get(side)).get(key))
         if v is not None:
             out.append(v)
     return out
@@ -201,8 +189,8 @@ def _overhead_section(report: dict) -> list[str]:
 
 def _wake_section(report: dict) -> list[str]:
     wake = _dict(report.get("wake"))
-    detected, missed = _num(wake.get("detected")), _num(wake.get("missed"))
-    false_wakes, hours = _num(wake.get("false_wakes")), _num(wake.get("negatives_hours"))
+    detected, missed = finite(wake.get("detected")), finite(wake.get("missed"))
+    false_wakes, hours = finite(wake.get("false_wakes")), finite(wake.get("negatives_hours"))
     rate = ratio(detected, (detected or 0) + (missed or 0)) if detected is not None else None
     per_hour = ratio(false_wakes, hours)
     rows = [["detected", fmt_int(detected)], ["missed", fmt_int(missed)], ["detection rate", fmt_pct(rate)],
@@ -216,7 +204,7 @@ def _stt_speaker_section(report: dict) -> list[str]:
     rows = [["STT word error rate", fmt_pct(stt.get("wer"))],
             ["STT utterances scored", fmt_int(stt.get("n"))],
             ["speaker accuracy", fmt_pct(speaker.get("accuracy"))
-             + (f" ({speaker['note']})" if speaker.get("note") and _num(speaker.get("accuracy")) is None else "")]]
+             + (f" ({speaker['note']})" if speaker.get("note") and finite(speaker.get("accuracy")) is None else "")]]
     return ["## Transcription and speaker ID", ""] + table(["", "value"], rows) + [""]
 
 
@@ -225,9 +213,9 @@ def _resources_table(res: dict) -> list[str]:
     slope = _dict(res.get("rss_slope_mb_per_h"))
     workers = list(dict.fromkeys([*cpu, *rss, *slope]))
     rows = [[w, fmt(cpu.get(w), 1), fmt(rss.get(w), 1), fmt(slope.get(w), 2)] for w in workers]
-    rss_total = sum(v for v in (_num(rss.get(w)) for w in workers) if v is not None) if rss else None
+    rss_total = sum(v for v in (finite(rss.get(w)) for w in workers) if v is not None) if rss else None
     rows.append(["**total**", fmt(res.get("cpu_percent_total"), 1), fmt(rss_total, 1), ""])
-    return table(["worker", "CPU % (mean)", "RSS MB (last)", "RSS slope MB/h"], rows)
+    return table(["worker", "CPU % (mean)", "RSS MB (median)", "RSS slope MB/h"], rows)
 
 
 def _idle_section(report: dict) -> list[str]:
@@ -266,7 +254,7 @@ def _load_section(report: dict) -> list[str]:
         return out + ["n/a (no load run)", ""]
     rows = []
     for key, value in _flatten("", load):
-        v = _num(value)
+        v = finite(value)
         if isinstance(value, list):
             text = f"[{', '.join(map(str, value))}]" if len(value) <= 8 else f"list of {len(value)}"
         else:
@@ -305,8 +293,8 @@ def _utterance_section(utterances: list[dict]) -> list[str]:
     for u in utterances:
         v, b, floor = _dict(u.get("vigil")), _dict(u.get("baseline")), _dict(u.get("floor"))
         floor_sum = None
-        if _num(floor.get("stt_ms")) is not None and _num(floor.get("llm_first_token_ms")) is not None:
-            floor_sum = _num(floor.get("stt_ms")) + _num(floor.get("llm_first_token_ms"))
+        if finite(floor.get("stt_ms")) is not None and finite(floor.get("llm_first_token_ms")) is not None:
+            floor_sum = finite(floor.get("stt_ms")) + finite(floor.get("llm_first_token_ms"))
         wake = f"{'yes' if u.get('wake_detected') else 'no'}" + ("" if u.get("wake_expected", True) else " (neg)")
         rows.append([Path(str(u.get("wav", "?"))).name, str(u.get("kind", "")), str(u.get("voice", "")), wake,
                      str(u.get("route") or ""), fmt_ms(v.get(HEADLINE)), fmt_ms(b.get(HEADLINE)),
@@ -411,7 +399,7 @@ def plot_cdf(utterances: list[dict], path: Path) -> bool:
 def stage_split(u: dict) -> tuple[float, float, float] | None:
     """(endpoint wait, STT compute, routing/LLM to first token) in ms for Vigil, or None if incomplete."""
     v = _dict(u.get("vigil"))
-    s2t, stt, t2f = (_num(v.get(k)) for k in ("speech_end_to_transcript", "stt_compute", "transcript_to_first_token"))
+    s2t, stt, t2f = (finite(v.get(k)) for k in ("speech_end_to_transcript", "stt_compute", "transcript_to_first_token"))
     if s2t is None or stt is None or t2f is None:
         return None
     return max(0.0, s2t - stt), stt, max(0.0, t2f)
@@ -463,25 +451,25 @@ def plot_stages(utterances: list[dict], path: Path) -> bool:
 
 
 def plot_idle(idle: Any, path: Path) -> bool:
-    samples = [s for s in _list(_dict(idle).get("samples")) if isinstance(s, dict) and _num(s.get("t")) is not None]
+    samples = [s for s in _list(_dict(idle).get("samples")) if isinstance(s, dict) and finite(s.get("t")) is not None]
     if not samples:
         return False
     workers = list(dict.fromkeys(w for s in samples for key in ("cpu", "rss_mb") for w in _dict(s.get(key))))
     if not workers:
         return False
     plt = _pyplot()
-    t_max = max(_num(s["t"]) for s in samples)
+    t_max = max(finite(s["t"]) for s in samples)
     scale, unit = (3600.0, "h") if t_max > 3 * 3600 else (60.0, "min") if t_max > 300 else (1.0, "s")
     fig, (ax_cpu, ax_rss) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, w in enumerate(workers):
         color = colors[i % len(colors)]
         for ax, key in ((ax_cpu, "cpu"), (ax_rss, "rss_mb")):
-            pts = [(_num(s["t"]) / scale, _num(_dict(s.get(key)).get(w))) for s in samples]
+            pts = [(finite(s["t"]) / scale, finite(_dict(s.get(key)).get(w))) for s in samples]
             pts = [(t, v) for t, v in pts if v is not None]
             if pts:
                 ax.plot(*zip(*pts), color=color, linewidth=1.5, label=w, marker="." if len(pts) < 60 else None)
-    totals = [(_num(s["t"]) / scale, sum(v for v in (_num(x) for x in _dict(s.get("cpu")).values()) if v is not None))
+    totals = [(finite(s["t"]) / scale, sum(v for v in (finite(x) for x in _dict(s.get("cpu")).values()) if v is not None))
               for s in samples if _dict(s.get("cpu"))]
     if totals:
         ax_cpu.plot(*zip(*totals), color="black", linestyle="--", linewidth=1.2, label="total")

@@ -82,14 +82,17 @@ class ResourceSampler:
 
 
 def summarize(samples: list[dict], skip_s: float = 0.0) -> dict:
-    """Mean CPU per worker and in total, last RSS per worker, and each worker's RSS slope (MB/h)."""
+    """Mean CPU per worker and in total, median RSS per worker, and each worker's RSS slope (MB/h)
+
+    over the second half of the samples (the first half includes the warm-up growth)."""
     kept = [s for s in samples if s["t"] >= skip_s]
     workers = sorted({name for s in kept for name in s["rss_mb"]})
     cpu = {w: round(float(np.mean([s["cpu"].get(w, 0.0) for s in kept])), 2) for w in workers} if kept else {}
-    rss = {w: kept[-1]["rss_mb"].get(w) for w in workers} if kept else {}
+    rss = {w: round(float(np.median([s["rss_mb"][w] for s in kept if w in s["rss_mb"]])), 2) for w in workers}
     slopes = {}
     for w in workers:
         points = [(s["t"], s["rss_mb"][w]) for s in kept if w in s["rss_mb"]]
+        points = points[len(points) // 2:]  # the first half is warm-up (arenas, caches filling), not drift
         if len(points) >= 3 and points[-1][0] > points[0][0]:
             t, mb = np.array(points).T
             slopes[w] = round(float(np.polyfit(t / 3600.0, mb, 1)[0]), 2)

@@ -210,10 +210,14 @@ class Pipeline:
                             self.config.supervisor.start_timeout_s)
             if not self.stop_requested:
                 self.supervisor.start(["capture"])
+            last_busy = time.monotonic()
             while not self.stop_requested:
-                if self._pump() == 0:
-                    time.sleep(0.002)
                 now = time.monotonic()
+                if self._pump():
+                    last_busy = now
+                else:  # poll fast while a session is moving, slowly when the kiosk is idle
+                    busy = self.coordinator.sessions or now - last_busy < 2.0
+                    time.sleep(0.002 if busy else 0.01)
                 if now >= next_check:
                     next_check = now + 0.1
                     self.supervisor.poll()

@@ -7,9 +7,10 @@ worker. The tracker itself lives in the parent; it keeps a bounded number of ses
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -22,6 +23,17 @@ SPANS: tuple[tuple[str, str, str], ...] = (
     ("wake_to_first_token", "wake", "first_token"),
     ("first_token_to_done", "first_token", "done"),
 )
+
+
+def finite(value: Any) -> float | None:
+    """A finite float, or None for missing, NaN, infinite or non-numeric values (reports, traces)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def percentiles(values: Iterable[float]) -> dict[str, float]:

@@ -150,19 +150,42 @@ def encode(message: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# Field annotations as written above (``from __future__ import annotations`` keeps them strings).
+_TYPE_CHECKS: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "dict[str, Any]": lambda v: isinstance(v, dict),
+}
+_unchecked = {f"{cls.__name__}.{f.name}: {f.type}" for cls in MESSAGE_TYPES.values() for f in fields(cls)
+              if f.type not in _TYPE_CHECKS}
+if _unchecked:  # a new field type needs a check here, or decode() would let anything through
+    raise TypeError(f"no decode type check for {sorted(_unchecked)}")
+
+
 def decode(payload: bytes) -> Any:
-    """Bytes → message; anything else raises DecodeError (the ring counts it as corrupt)."""
+    """Bytes → message; anything else raises DecodeError (the ring counts it as corrupt).
+
+    Field types are checked as well: a `seq` that is a string must fail here, not later
+    inside the parent's coordinator.
+    """
     try:
         body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8/JSON, an int of > 4300 digits, nesting too deep
+        raise DecodeError(f"not JSON: {type(exc).__name__}: {str(exc)[:120]}") from None
     if not isinstance(body, dict):
         raise DecodeError("not a JSON object")
-    cls = MESSAGE_TYPES.get(body.pop("type", None))
+    kind = body.pop("type", None)
+    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None  # a list as "type" is unhashable
     if cls is None:
         raise DecodeError("unknown message type")
-    names = {f.name for f in fields(cls)}
+    known = {f.name: f for f in fields(cls)}
+    for name, value in body.items():
+        if name in known and not _TYPE_CHECKS[known[name].type](value):
+            raise DecodeError(f"bad fields for {cls.__name__}: {name} must be {known[name].type}, "
+                              f"got {type(value).__name__}")
     try:
-        return cls(**{k: v for k, v in body.items() if k in names})
+        return cls(**{k: v for k, v in body.items() if k in known})
     except TypeError as exc:
         raise DecodeError(f"bad fields for {cls.__name__}: {exc}") from None

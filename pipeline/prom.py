@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.latency import finite
+
 log = logging.getLogger(__name__)
 
 # Milliseconds: fine steps around the 1 s budget, coarse ones out to 10 s.
@@ -167,7 +169,7 @@ class PipelineMetrics:
             degraded = "true" if event.get("degraded") else "false"
             self.responses.labels(route, degraded).inc()
             for name, value in (event.get("latency_ms") or {}).items():
-                ms = _number(value)
+                ms = finite(value)
                 if ms is None or ms < 0:
                     continue
                 if name in SPANS:
@@ -183,7 +185,7 @@ class PipelineMetrics:
             if what == "restarted":
                 self.worker_restarts.labels(worker).inc()
         elif kind == "drop":
-            count = _number(event.get("count"))
+            count = finite(event.get("count"))
             if count is not None and count > 0:
                 self.drops.labels(self._rings(event.get("ring"))).inc(count)
         elif kind == "error":
@@ -198,9 +200,9 @@ class PipelineMetrics:
             for name, info in (health.get("workers") or {}).items():
                 worker = self._workers(name)
                 self.worker_up.labels(worker).set(1.0 if info.get("state") == "running" else 0.0)
-                age = _number(info.get("heartbeat_age_s"))
+                age = finite(info.get("heartbeat_age_s"))
                 self.worker_heartbeat_age.labels(worker).set(math.nan if age is None else age)
-                restarts = _number(info.get("restarts"))
+                restarts = finite(info.get("restarts"))
                 if restarts is not None:
                     self.worker_restarts_reported.labels(worker).set(restarts)
         except Exception:  # noqa: BLE001
@@ -223,11 +225,3 @@ class PipelineMetrics:
         return generate_latest(self.registry)
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None

@@ -17,33 +17,25 @@ Sessions that overlap on a track (barge-in, load) go to separate lanes (threads)
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-TRACKS: dict[str, int] = {"wakeword": 1, "stt": 2, "llm": 3, "coordinator": 4}
-_NAME_CHARS = 60
+from pipeline.latency import finite
 
 
 def _ns(value: Any) -> int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(f) if math.isfinite(f) else None
+    number = finite(value)
+    return None if number is None else int(number)
 
 
 def _ms(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) and f >= 0 else None
+    number = finite(value)
+    return number if number is not None and number >= 0 else None
+
+
+TRACKS: dict[str, int] = {"wakeword": 1, "stt": 2, "llm": 3, "coordinator": 4}
+_NAME_CHARS = 60
 
 
 def _short(text: Any) -> str:

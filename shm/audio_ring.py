@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shm.segments import attach_segment, create_segment, unlink_quietly
+from shm.segments import MappedSegment, create_segment, unlink_quietly
 
 __all__ = ["AudioRing", "AudioReader", "Frame", "SAMPLE_RATE"]
 
@@ -92,8 +92,10 @@ def _initialise(buf: memoryview, lay: _Layout) -> None:
     hdr[H_MAGIC] = MAGIC
 
 
-class AudioRing:
+class AudioRing(MappedSegment):
     """Shared ring of fixed-size int16 mono 16 kHz frames (see module doc)."""
+
+    _views = ("_hdr", "_slots", "_seq_begin", "_capture", "_samples", "_seq_end")
 
     def __init__(self, shm, name: str, owner: bool) -> None:  # use create()/attach()
         self._shm = shm
@@ -152,39 +154,9 @@ class AudioRing:
     @classmethod
     def attach(cls, name: str) -> "AudioRing":
         """Map an existing ring (worker side); never registers for cleanup."""
-        shm = attach_segment(name)
-        try:
-            return cls(shm, name, owner=False)
-        except BaseException:
-            shm.close()
-            raise
-
-    def close(self) -> None:
-        """Unmap; the segment stays for the other processes."""
-        if self._shm is None:
-            return
-        self._hdr = self._slots = self._seq_begin = self._capture = self._samples = self._seq_end = None
-        shm, self._shm = self._shm, None
-        try:
-            shm.close()
-        except BufferError:  # a caller still holds a view; the GC unmaps later
-            log.warning("AudioRing %s: close deferred, views still exported", self._name)
-
-    def unlink(self) -> None:
-        """Remove the segment name (owner's job at shutdown); mappings stay valid."""
-        unlink_quietly(self._name)
-
-    def __enter__(self) -> "AudioRing":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls._attach(name, owner=False)
 
     # -- properties ---------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def frame_samples(self) -> int:

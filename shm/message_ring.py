@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shm.segments import attach_segment, create_segment, unlink_quietly
+from shm.segments import MappedSegment, create_segment, unlink_quietly
 
 __all__ = ["MessageRing", "MessageTooLarge", "Policy", "RingStats"]
 
@@ -91,8 +91,10 @@ def _stride(slot_size: int) -> int:
 _NOTHING = object()
 
 
-class MessageRing:
+class MessageRing(MappedSegment):
     """See module doc.  Create on the owner side, attach in the workers."""
+
+    _views = ("_buf", "_hdr", "_seq_begin", "_length", "_crc", "_seq_end")
 
     #: Sleep between checks while get() waits.  Each wake-up costs ~35 us of
     #: CPU here (mostly the sleep syscall), so 2 ms means ~1.8 % of a core per
@@ -170,39 +172,9 @@ class MessageRing:
     @classmethod
     def attach(cls, name: str, decoder: Callable[[bytes], Any] | None = None) -> "MessageRing":
         """Map an existing ring (worker side); never registers for cleanup."""
-        shm = attach_segment(name)
-        try:
-            return cls(shm, name, decoder)
-        except BaseException:
-            shm.close()
-            raise
-
-    def close(self) -> None:
-        """Unmap; the segment stays for the other side."""
-        if self._shm is None:
-            return
-        self._buf = self._hdr = self._seq_begin = self._length = self._crc = self._seq_end = None
-        shm, self._shm = self._shm, None
-        try:
-            shm.close()
-        except BufferError:  # a caller still holds a view; the GC unmaps later
-            log.warning("MessageRing %s: close deferred, views still exported", self._name)
-
-    def unlink(self) -> None:
-        """Remove the segment name (owner's job at shutdown)."""
-        unlink_quietly(self._name)
-
-    def __enter__(self) -> "MessageRing":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls._attach(name, decoder=decoder)
 
     # -- properties ---------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def slots(self) -> int:

@@ -202,3 +202,50 @@ def segments_of(pid: int) -> list[str]:
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(head))
     except FileNotFoundError:  # pragma: no cover
         return []
+
+
+class MappedSegment:
+    """What every ring shares: attach, unmap without disturbing other processes, unlink, `with`.
+
+    Subclasses set `_shm`, `_name` and list in `_views` the attributes holding numpy views
+    into the segment; those are dropped before unmapping so `close()` does not fail.
+    """
+
+    _views: tuple[str, ...] = ()
+    _shm: SharedMemory | None
+    _name: str
+
+    @classmethod
+    def _attach(cls, name: str, **kwargs):
+        shm = attach_segment(name)
+        try:
+            return cls(shm, name, **kwargs)
+        except BaseException:
+            shm.close()
+            raise
+
+    def close(self) -> None:
+        """Unmap; the segment stays for the other processes."""
+        if self._shm is None:
+            return
+        for view in self._views:
+            setattr(self, view, None)
+        shm, self._shm = self._shm, None
+        try:
+            shm.close()
+        except BufferError:  # a caller still holds a view; the GC unmaps later
+            log.warning("%s %s: close deferred, views still exported", type(self).__name__, self._name)
+
+    def unlink(self) -> None:
+        """Remove the segment name (the owner's job at shutdown); mappings stay valid."""
+        unlink_quietly(self._name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self._name

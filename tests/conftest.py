@@ -20,6 +20,25 @@ def models():
     return ensure_models(progress=False)
 
 
+@pytest.fixture(scope="module")
+def serve_llm(models):
+    """The real serve-llm (embedded SmolLM2-135M behind the Ollama API) on a free loopback port."""
+    import threading
+
+    from pipeline.config import load_config
+    from pipeline.serve_llm import serve
+
+    box: dict = {}
+    ready = threading.Event()
+    thread = threading.Thread(target=serve, args=(load_config(environ={}), "127.0.0.1", 0, models.llm),
+                              kwargs={"ready": lambda s: (box.update(server=s), ready.set())}, daemon=True)
+    thread.start()
+    assert ready.wait(60), "serve-llm did not start"
+    yield box["server"]
+    box["server"].stop()
+    thread.join(10)
+
+
 @pytest.fixture(scope="session")
 def shared_audio() -> Path:
     if not SHARED_AUDIO.is_dir():

@@ -40,7 +40,6 @@ TOTAL_S = 1.0
 MARGIN_S = 0.25  # scheduling slack on a busy 2-core box
 REPEATS = 20
 TOKEN = uuid.uuid4().hex[:8]
-DEV_MODEL = Path("/tmp/vigil-dev-models/SmolLM2-135M-Instruct.Q4_1.gguf")
 FRIENDLY = llm_worker.FRIENDLY_FAILURE
 MEASURED: dict[str, dict] = {}
 
@@ -97,33 +96,6 @@ def worker_config(**llm):
     return replace(cfg, llm=replace(cfg.llm, **base))
 
 
-
-
-def model_path() -> Path:
-    try:
-        from pipeline.models import ensure_models
-
-        return Path(ensure_models(progress=False).llm)
-    except Exception:
-        if DEV_MODEL.is_file():
-            return DEV_MODEL
-        raise
-
-
-@pytest.fixture(scope="module")
-def serve_llm():
-    """The real serve-llm (embedded SmolLM2-135M behind the Ollama API) on a free loopback port."""
-    from pipeline.serve_llm import serve
-
-    box: dict = {}
-    ready = threading.Event()
-    thread = threading.Thread(target=serve, args=(load_config(environ={}), "127.0.0.1", 0, model_path()),
-                              kwargs={"ready": lambda s: (box.update(server=s), ready.set())}, daemon=True)
-    thread.start()
-    assert ready.wait(60), "serve-llm did not start"
-    yield box["server"]
-    box["server"].stop()
-    thread.join(10)
 
 
 @pytest.fixture()
@@ -479,11 +451,11 @@ def test_wedged_serialised_engine_still_answers_friendly_and_heartbeat_continues
 # ---------------------------------------------------------------- the embedded engine through the same path
 
 
-def test_embedded_engine_through_the_worker_answers(harness):
+def test_embedded_engine_through_the_worker_answers(harness, models):
     from workers.llm_engines import EmbeddedLlm
 
     harness.ctx.config = worker_config(engine="embedded", first_token_timeout_s=3.0, total_timeout_s=15.0)
-    engine = EmbeddedLlm(model_path(), n_threads=1)
+    engine = EmbeddedLlm(models.llm, n_threads=1)
     engine.warm(harness.ctx.config.llm.system_prompt)
     tokens, done, _ = harness.request(engine, "What is the capital of France?")
     assert not done.degraded and "Paris" in done.text, done

@@ -6,7 +6,6 @@ A private PulseAudio server with a 16 kHz null sink stands in for the kiosk's mi
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import pytest
 
 from tests.pulse import VirtualMic, pulse_available
-from tests.test_pipeline_e2e import ROOT, pipeline_env, read_events, spoken_request, wait_for
+from tests.test_pipeline_e2e import ROOT, pipeline_env, read_events, spoken_request, stop, wait_for
 
 
 @pytest.mark.skipif(not pulse_available(), reason="pulseaudio is not installed (make test installs it)")
@@ -33,12 +32,7 @@ def test_microphone_request_is_heard_and_answered(tmp_path, models):
             mic.play(wav)
             response = wait_for(lambda: [e for e in read_events(events_path) if e["type"] == "response"], 60)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
     events = read_events(events_path)
     stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr[-2000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import ollama
@@ -21,42 +20,14 @@ from pipeline.config import load_config
 from workers.llm_engines import EmbeddedLlm
 from workers.ollama_engine import DEFAULT_MODEL, OllamaLlm, resolve_host
 
-DEV_MODEL = Path("/tmp/vigil-dev-models/SmolLM2-135M-Instruct.Q4_1.gguf")
 CONFIG = load_config(environ={})
 SYSTEM = CONFIG.llm.system_prompt
 OPTIONS = {"temperature": 0.2, "repeat_penalty": 1.2}
 
 
-def model_path() -> Path:
-    try:
-        from pipeline.models import ensure_models
-
-        return Path(ensure_models(progress=False).llm)
-    except Exception:
-        if DEV_MODEL.is_file():
-            return DEV_MODEL
-        raise
-
-
 @pytest.fixture(scope="module")
-def server():
-    from pipeline.serve_llm import serve
-
-    box: dict = {}
-    ready = threading.Event()
-    thread = threading.Thread(target=serve, args=(CONFIG, "127.0.0.1", 0, model_path()),
-                              kwargs={"ready": lambda s: (box.update(server=s), ready.set())}, daemon=True)
-    thread.start()
-    assert ready.wait(60), "serve-llm did not start"
-    yield box["server"]
-    box["server"].stop()
-    thread.join(10)
-    assert not thread.is_alive(), "serve() did not return after stop()"
-
-
-@pytest.fixture(scope="module")
-def engine(server) -> OllamaLlm:
-    eng = OllamaLlm(host=server.url, model=DEFAULT_MODEL, timeout_s=10.0, keep_alive="30m", options=OPTIONS)
+def engine(serve_llm) -> OllamaLlm:
+    eng = OllamaLlm(host=serve_llm.url, model=DEFAULT_MODEL, timeout_s=10.0, keep_alive="30m", options=OPTIONS)
     eng.warm(SYSTEM)
     assert eng.warm_error is None, eng.warm_error
     yield eng
@@ -77,15 +48,15 @@ def test_capital_of_france_streams_paris(engine: OllamaLlm) -> None:
     assert r.first_token_ms is not None and 0 < r.first_token_ms < r.total_ms
 
 
-def test_ollama_api_surface(server) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+def test_ollama_api_surface(serve_llm) -> None:
+    with httpx.Client(base_url=serve_llm.url, timeout=10) as http:
         assert http.get("/").text == "Ollama is running"
         head = http.head("/")
         assert head.status_code == 200 and head.content == b""
         assert "version" in http.get("/api/version").json()
         bad = http.post("/api/chat", content=b"{not json")
         assert bad.status_code == 400 and "error" in bad.json()
-    client = ollama.Client(host=server.url, timeout=10)
+    client = ollama.Client(host=serve_llm.url, timeout=10)
     names = [m.model for m in client.list().models]
     assert names == [DEFAULT_MODEL]
     one = client.chat(model=DEFAULT_MODEL, messages=ask("What is the capital of France?"), stream=False,
@@ -100,7 +71,7 @@ def test_ollama_api_surface(server) -> None:
     assert capped.done_reason == "length" and capped.eval_count == 5
 
 
-def test_requests_are_served_one_at_a_time(engine: OllamaLlm, server) -> None:
+def test_requests_are_served_one_at_a_time(engine: OllamaLlm, serve_llm) -> None:
     results = []
 
     def one(q: str) -> None:
@@ -113,7 +84,7 @@ def test_requests_are_served_one_at_a_time(engine: OllamaLlm, server) -> None:
     for t in threads:
         t.join(60)
     assert len(results) == 3 and all(r.finish_reason in ("stop", "length") and r.text for r in results), results
-    assert server.stats["max_active"] == 1
+    assert serve_llm.stats["max_active"] == 1
 
 
 def _cpu_s() -> float:
@@ -121,9 +92,9 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def test_closing_the_stream_stops_generation(engine: OllamaLlm, server) -> None:
+def test_closing_the_stream_stops_generation(engine: OllamaLlm, serve_llm) -> None:
     """Cancel mid-answer: the client closes the stream, the server stops; tokens and CPU both stop."""
-    cancelled_before = server.stats["cancelled"]
+    cancelled_before = serve_llm.stats["cancelled"]
     marks: dict = {}
 
     def on_token(_t: str) -> bool:
@@ -140,15 +111,15 @@ def test_closing_the_stream_stops_generation(engine: OllamaLlm, server) -> None:
     (t_first, c_first), (t_cancel, c_cancel) = marks["first"], marks["cancel"]
     cpu_during = (c_cancel - c_first) / (t_cancel - t_first) * 100.0
     time.sleep(0.2)
-    n0, c0, t0 = server.stats["tokens"], _cpu_s(), time.monotonic()
+    n0, c0, t0 = serve_llm.stats["tokens"], _cpu_s(), time.monotonic()
     time.sleep(1.0)
-    n1, c1, t1 = server.stats["tokens"], _cpu_s(), time.monotonic()
+    n1, c1, t1 = serve_llm.stats["tokens"], _cpu_s(), time.monotonic()
     cpu_after = (c1 - c0) / (t1 - t0) * 100.0
     print(f"\nclose mid-stream: process CPU {cpu_during:.0f} % while generating, {cpu_after:.1f} % after the close; "
           f"server tokens {n0} → {n1}")
     assert n1 == n0, "the server kept generating after the client closed the stream"
-    assert server.stats["cancelled"] == cancelled_before + 1
-    assert server.stats["active"] == 0
+    assert serve_llm.stats["cancelled"] == cancelled_before + 1
+    assert serve_llm.stats["active"] == 0
     assert cpu_during > 40.0, cpu_during
     assert cpu_after < 15.0, cpu_after
     # and the server is fine for the next request
@@ -156,9 +127,9 @@ def test_closing_the_stream_stops_generation(engine: OllamaLlm, server) -> None:
     assert again.finish_reason in ("stop", "length") and "Paris" in again.text, again
 
 
-def test_time_to_first_token_ollama_loopback_vs_embedded(engine: OllamaLlm, server) -> None:
+def test_time_to_first_token_ollama_loopback_vs_embedded(engine: OllamaLlm, serve_llm, models) -> None:
     """Measurement: warm first-token latency, embedded in process vs the same model through serve-llm."""
-    embedded = EmbeddedLlm(model_path(), n_threads=CONFIG.llm.threads)
+    embedded = EmbeddedLlm(models.llm, n_threads=CONFIG.llm.threads)
     embedded.warm(SYSTEM)
     questions = ["What is the capital of Spain?", "How many legs does a spider have?", "Who painted the Mona Lisa?",
                  "What colour is the sky?", "What is the largest ocean?"] * 2

@@ -120,6 +120,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.2):
     return None
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, as systemd or Ctrl-C would; kill only if the orderly stop hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -168,12 +178,7 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
             metrics = reply.read().decode()
         assert 'vigil_worker_restarts_total{worker="stt"} 1.0' in metrics, metrics[:2000]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
     assert not [n for n in our_segments() if n.startswith(f"vigil-{proc.pid}-")]
     assert not [p for p in pids.values() if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from workers.vad import Endpoint, Endpointer, SileroVad
 
-SR = 16_000
+from tests.speech import SR, pad, synth
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite"
 )
-
-
-def synth(text: str, voice: str, folder: Path) -> np.ndarray:
-    """16 kHz mono int16 speech, trimmed of digital silence so its end is known."""
-    import soxr
-
-    wav = folder / f"{voice.replace(':', '_').replace('+', 'p')}_{abs(hash(text))}.wav"
-    if voice.startswith("flite:"):
-        subprocess.run(["flite", "-voice", voice[6:], "-t", text, "-o", str(wav)], check=True)
-    else:
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
-    with wave.open(str(wav), "rb") as w:
-        sr, ch = w.getframerate(), w.getnchannels()
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    if ch > 1:
-        x = x.reshape(-1, ch).mean(axis=1).astype(np.int16)
-    if sr != SR:
-        x = np.clip(soxr.resample(x.astype(np.float32), sr, SR), -32768, 32767).astype(np.int16)
-    loud = np.nonzero(np.abs(x.astype(np.int32)) > 50)[0]
-    return x[loud[0] : loud[-1] + 1]
-
-
-def pad(x: np.ndarray, lead_s: float, tail_s: float) -> np.ndarray:
-    z = lambda s: np.zeros(int(s * SR), dtype=np.int16)  # noqa: E731
-    return np.concatenate([z(lead_s), x, z(tail_s)])
 
 
 def run(ep: Endpointer, audio: np.ndarray, frame: int = 1280) -> list[Endpoint]:
@@ -58,12 +30,7 @@ def vad() -> SileroVad:
     return SileroVad()
 
 
-@pytest.fixture(scope="module")
-def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("vad_audio")
-
-
-def test_model_is_hc_state_silero_with_512_chunks(vad: SileroVad, audio_dir: Path) -> None:
+def test_model_is_hc_state_silero_with_512_chunks(vad: SileroVad) -> None:
     assert {i.name for i in vad._sess.get_inputs()} == {"input", "sr", "h", "c"}
     opts = vad._sess.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
@@ -71,7 +38,7 @@ def test_model_is_hc_state_silero_with_512_chunks(vad: SileroVad, audio_dir: Pat
         vad.prob(np.zeros(480, dtype=np.int16))
     vad.reset()
     assert vad.prob(np.zeros(512, dtype=np.int16)) < 0.2
-    speech = synth("what is the capital of france", "en-us", audio_dir)
+    speech = synth("what is the capital of france", "en-us")
     vad.reset()
     probs = [vad.prob(speech[i : i + 512]) for i in range(0, len(speech) - 511, 512)]
     assert np.mean(probs) > 0.6
@@ -86,8 +53,8 @@ def test_model_is_hc_state_silero_with_512_chunks(vad: SileroVad, audio_dir: Pat
         ("flite:slt", "how many legs does a spider have", 512),
     ],
 )
-def test_speech_end_matches_ground_truth(vad: SileroVad, audio_dir: Path, voice: str, text: str, frame: int) -> None:
-    speech = synth(text, voice, audio_dir)
+def test_speech_end_matches_ground_truth(vad: SileroVad, voice: str, text: str, frame: int) -> None:
+    speech = synth(text, voice)
     lead = 0.7
     truth_end = int(lead * SR) + len(speech)
     events = run(Endpointer(vad, end_silence_ms=500, frame_samples=frame), pad(speech, lead, 1.5), frame)
@@ -108,8 +75,8 @@ def test_no_speech_on_silence_and_low_noise(vad: SileroVad, noise_sd: float) -> 
     assert abs(events[0].sample_index - 4 * SR) <= 512
 
 
-def test_max_length_and_reset(vad: SileroVad, audio_dir: Path) -> None:
-    speech = synth("this is a long request that keeps on going without any pause at all", "en-us", audio_dir)
+def test_max_length_and_reset(vad: SileroVad) -> None:
+    speech = synth("this is a long request that keeps on going without any pause at all", "en-us")
     ep = Endpointer(vad, max_utterance_s=2.0)
     events = run(ep, pad(speech, 0.3, 0.0))
     assert [e.kind for e in events] == ["speech_start", "max_length"], events
@@ -117,5 +84,5 @@ def test_max_length_and_reset(vad: SileroVad, audio_dir: Path) -> None:
     assert ep.feed(np.zeros(1280, dtype=np.int16)) is None  # finished until reset
     ep.reset()
     assert ep.samples_fed == 0 and ep.done is None
-    events = run(ep, pad(synth("what time is it", "en-us", audio_dir), 0.5, 1.0))
+    events = run(ep, pad(synth("what time is it", "en-us"), 0.5, 1.0))
     assert [e.kind for e in events] == ["speech_start", "speech_end"]

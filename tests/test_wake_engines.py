@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from workers.wake_engines import Detection, OpenWakeWordEngine, WakeDetector
 
-SR = 16_000
+from tests.speech import SR, pad, synth
+
 FRAME = 1280
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite"
 )
-
-
-def synth(text: str, voice: str, folder: Path) -> np.ndarray:
-    """Speak ``text`` with espeak-ng (voice "en-us", ...) or flite ("flite:kal"),
-    return 16 kHz mono int16 trimmed of leading/trailing digital silence."""
-    import soxr
-
-    wav = folder / f"{voice.replace(':', '_').replace('+', 'p')}_{abs(hash(text))}.wav"
-    if voice.startswith("flite:"):
-        subprocess.run(["flite", "-voice", voice[6:], "-t", text, "-o", str(wav)], check=True)
-    else:
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
-    with wave.open(str(wav), "rb") as w:
-        sr, ch = w.getframerate(), w.getnchannels()
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    if ch > 1:
-        x = x.reshape(-1, ch).mean(axis=1).astype(np.int16)
-    if sr != SR:
-        x = np.clip(soxr.resample(x.astype(np.float32), sr, SR), -32768, 32767).astype(np.int16)
-    loud = np.nonzero(np.abs(x.astype(np.int32)) > 50)[0]
-    return x[loud[0] : loud[-1] + 1]
-
-
-def pad(x: np.ndarray, lead_s: float, tail_s: float) -> np.ndarray:
-    z = lambda s: np.zeros(int(s * SR), dtype=np.int16)  # noqa: E731
-    return np.concatenate([z(lead_s), x, z(tail_s)])
 
 
 def run(detector: WakeDetector, audio: np.ndarray) -> list[Detection]:
@@ -60,11 +32,6 @@ def engine() -> OpenWakeWordEngine:
     return OpenWakeWordEngine("hey_jarvis")
 
 
-@pytest.fixture(scope="module")
-def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("wake_audio")
-
-
 def test_engine_shape_and_single_thread(engine: OpenWakeWordEngine) -> None:
     assert engine.frame_samples == 1280
     assert engine.model_path.name == "hey_jarvis_v0.1.onnx"
@@ -75,9 +42,9 @@ def test_engine_shape_and_single_thread(engine: OpenWakeWordEngine) -> None:
 
 
 @pytest.mark.parametrize("voice", ["en-us", "en+f3", "flite:kal"])
-def test_fires_once_on_wake_phrase(engine: OpenWakeWordEngine, audio_dir: Path, voice: str) -> None:
-    speech = synth("hey jarvis, what time is it", voice, audio_dir)
-    jarvis_end = len(synth("hey jarvis", voice, audio_dir))
+def test_fires_once_on_wake_phrase(engine: OpenWakeWordEngine, voice: str) -> None:
+    speech = synth("hey jarvis, what time is it", voice)
+    jarvis_end = len(synth("hey jarvis", voice))
     lead = 2.0  # > warm-up, and flushes the previous clip from the feature window
     engine.reset()
     dets = run(WakeDetector(engine, threshold=0.5), pad(speech, lead, 1.5))
@@ -89,17 +56,17 @@ def test_fires_once_on_wake_phrase(engine: OpenWakeWordEngine, audio_dir: Path, 
 
 
 @pytest.mark.parametrize("voice", ["en-us", "flite:kal"])
-def test_no_wake_on_other_sentence(engine: OpenWakeWordEngine, audio_dir: Path, voice: str) -> None:
-    speech = synth("the weather is nice today in the city", voice, audio_dir)
+def test_no_wake_on_other_sentence(engine: OpenWakeWordEngine, voice: str) -> None:
+    speech = synth("the weather is nice today in the city", voice)
     engine.reset()
     assert run(WakeDetector(engine, threshold=0.5), pad(speech, 2.0, 1.5)) == []
 
 
-def test_low_threshold_still_one_detection_per_utterance(engine: OpenWakeWordEngine, audio_dir: Path) -> None:
+def test_low_threshold_still_one_detection_per_utterance(engine: OpenWakeWordEngine) -> None:
     """At 0.3 the phrase stays above threshold for several frames; reset +
     refractory must still give one detection, and a second utterance after the
     refractory time must fire again."""
-    speech = synth("hey jarvis, turn on the lights", "flite:kal", audio_dir)
+    speech = synth("hey jarvis, turn on the lights", "flite:kal")
     engine.reset()
     det = WakeDetector(engine, threshold=0.3, refractory_s=2.0)
     dets = run(det, np.concatenate([pad(speech, 2.0, 2.5), pad(speech, 0.0, 1.5)]))
@@ -108,9 +75,9 @@ def test_low_threshold_still_one_detection_per_utterance(engine: OpenWakeWordEng
     assert dets[1].frame_index - dets[0].frame_index > 2.0 * SR / FRAME
 
 
-def test_warmup_suppresses_detections(audio_dir: Path) -> None:
+def test_warmup_suppresses_detections() -> None:
     """A phrase right at start-up is ignored while warming up, seen without it."""
-    speech = pad(synth("hey jarvis, what time is it", "flite:kal", audio_dir), 0.0, 1.0)
+    speech = pad(synth("hey jarvis, what time is it", "flite:kal"), 0.0, 1.0)
     quiet = WakeDetector(OpenWakeWordEngine(), warmup_s=speech.size / SR + 0.5)
     assert run(quiet, speech) == []
     assert quiet.frames_fed == speech.size // FRAME

@@ -55,6 +55,7 @@ class HumanPrinter:
 
 
 def run(ctx: WorkerContext) -> None:
+    ctx.inbox.poll_interval = 0.01  # output may trail by 10 ms; polling at 2 ms costs ~1.5 % of a core idle
     path = ctx.extra.get("events_path")
     events = open(path, "a", buffering=1, encoding="utf-8") if path else None
     printer = HumanPrinter(sys.stdout) if ctx.extra.get("stdout", True) else None
