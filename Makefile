@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng flite portaudio19-dev pulseaudio pulseaudio-utils sox libasound2-plugins chromium
+APT_PACKAGES := espeak-ng flite portaudio19-dev pulseaudio pulseaudio-utils sox libasound2-plugins chromium systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -8,7 +8,9 @@
 #   /etc/systemd/system/vigil.service
 #
 # Idempotent: a second run updates the code, keeps the venv, the models and the config, and
-# restarts the service. Overridable: PREFIX, VIGIL_USER, UNIT_DIR, CONF_DIR, STATE_DIR, CACHE_DIR.
+# restarts the service. Overridable: PREFIX and VIGIL_USER (both rewritten into the unit); UNIT_DIR,
+# CONF_DIR, STATE_DIR, CACHE_DIR only for a staging run (the unit keeps systemd's /etc/vigil,
+# /var/lib/vigil and /var/cache/vigil); PYTHON (default /usr/bin/python3).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -92,7 +94,8 @@ case "$real_python" in
          "remove $PREFIX/.venv and run again with PYTHON=/usr/bin/python3" >&2
     exit 1;;
 esac
-runuser -u "$VIGIL_USER" -- "$PREFIX/.venv/bin/python" -m compileall -q -x '/(tests|bench)/' "$PREFIX" >/dev/null || true
+runuser -u "$VIGIL_USER" -- "$PREFIX/.venv/bin/python" -m compileall -q -x '/(tests|bench)/' "$PREFIX" \
+  >/dev/null || true
 # The running service cannot change its own code (ProtectSystem=strict makes /opt read-only
 # for it anyway); root owns it, everyone may read it.
 chown -R root:root "$PREFIX"

@@ -24,6 +24,7 @@ from pipeline.http_server import KioskHttpServer
 from pipeline.messages import DecodeError, Emit, decode, encode
 from pipeline.metrics_store import MetricsStore
 from pipeline.prom import PipelineMetrics
+from pipeline.sdnotify import Notifier, WatchdogPolicy
 from pipeline.supervisor import PipelineSupervisor
 from shm.heartbeat import HeartbeatTable
 from shm.message_ring import MessageTooLarge, Policy
@@ -114,6 +115,7 @@ class Pipeline:
             "events_path": options.events_path, "stdout": options.stdout})
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
         self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
+        self.watchdog = WatchdogPolicy(Notifier.from_env(), grace_s=config.supervisor.watchdog_grace_s)
         self._outboxes = [(name, self.rings[f"{name}.out"]) for name in ("capture", "wakeword", "stt", "llm")]
         self._drops_seen: dict[str, int] = {}
 
@@ -184,6 +186,7 @@ class Pipeline:
     # ---- the loop ----------------------------------------------------------------------
 
     def _idle(self) -> bool:
+        self.watchdog.tick(self.supervisor.health)
         if self._pump() == 0:
             time.sleep(0.01)
         return not self.stop_requested
@@ -221,6 +224,7 @@ class Pipeline:
                 if now >= next_check:
                     next_check = now + 0.1
                     self.supervisor.poll()
+                    self.watchdog.tick(self.supervisor.health)
                     self.coordinator.check_deadlines()
                     self._report_drops()
                     if self.options.exit_when_done and self._done():
@@ -235,6 +239,7 @@ class Pipeline:
 
     def close(self) -> None:
         try:
+            self.watchdog.stopping()
             if self.http is not None:
                 self.http.stop()
             self.supervisor.stop()

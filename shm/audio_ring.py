@@ -39,6 +39,7 @@ SAMPLE_RATE = 16000
 MAGIC = int.from_bytes(b"VIGILAUD", "little")
 VERSION = 1
 EMPTY = np.uint64(2**64 - 1)  # seq marker of a never-written slot
+_U64_MAX = 2**64 - 1
 
 # Header: one cache line of geometry + writer state, then one line per reader
 # slot so readers never false-share with each other or with the writer.
@@ -340,7 +341,8 @@ class AudioReader:
         self._cursor = seq
         if self._slot is not None:
             row = self._ring._slots[self._slot]
-            row[S_LOST] = self._slot_lost_base + self._lost
+            # min(): a slot scribbled to near 2**64 must not make this store raise OverflowError
+            row[S_LOST] = min(self._slot_lost_base + self._lost, _U64_MAX)
             row[S_CURSOR] = seq
 
     def read(self) -> Frame | None:

@@ -89,6 +89,13 @@ def _stride(slot_size: int) -> int:
 
 
 _NOTHING = object()
+# An empty payload's crc is stored as this instead of crc32(b"") == 0, so that a slot header
+# zeroed by a stray write (length 0, crc 0) is corrupt rather than a valid empty message.
+_EMPTY_CRC = 0xFFFFFFFF
+
+
+def _crc(payload: bytes | bytearray | memoryview) -> int:
+    return zlib.crc32(payload) if len(payload) else _EMPTY_CRC
 
 
 class MessageRing(MappedSegment):
@@ -222,7 +229,7 @@ class MessageRing(MappedSegment):
         off = HEADER_BYTES + i * self._stride + 16
         self._seq_begin[i] = w
         self._length[i] = n
-        self._crc[i] = zlib.crc32(payload)
+        self._crc[i] = _crc(payload)
         self._buf[off : off + n] = payload
         self._seq_end[i] = w
         hdr[H_WRITE_IDX] = w + 1
@@ -299,7 +306,7 @@ class MessageRing(MappedSegment):
             if int(self._seq_begin[i]) != r:
                 self._bad_slot(r, "seq_begin mismatch")
                 continue
-            if zlib.crc32(data) != crc:
+            if _crc(data) != crc:
                 self._bad_slot(r, "crc mismatch")
                 continue
             hdr[H_READ_IDX] = r + 1  # the slot is free as soon as it is copied

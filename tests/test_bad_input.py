@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from hypothesis import HealthCheck, assume, event, given, note, settings
+from hypothesis import HealthCheck, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 
@@ -107,6 +107,8 @@ ring_ops = st.lists(
 
 @settings(max_examples=250, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(ops=ring_ops, policy=st.sampled_from([Policy.DROP_OLDEST, Policy.DROP_NEWEST]))
+@example(ops=[("put", b"hello"), ("scribble", 0, "length", 0, bytes(4)), ("scribble", 0, "crc", 0, bytes(4)), ("get",)],
+         policy=Policy.DROP_NEWEST).via("a zeroed slot header once read back as a valid empty message")
 def test_message_ring_scribbled_slots_are_skipped_and_counted(ops, policy):
     ring = MessageRing.create(seg("mfuzz"), slots=SLOTS, slot_size=SLOT_SIZE, policy=policy)
     try:
@@ -321,6 +323,8 @@ audio_ops = st.lists(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(ops=audio_ops)
+@example(ops=[("slot", 0, 2, b"\xff" * 8), ("new_reader",), ("write", 3), ("write", 3), ("read", 1)]).via(
+    "a restarted reader taking a header slot whose lost counter was scribbled to ~2**64 raised OverflowError")
 def test_audio_reader_never_returns_a_wrong_frame_and_never_raises(ops):
     ring = AudioRing.create(seg("afuzz"), frame_samples=FS, capacity=CAP, max_readers=READERS)
     hb = 8 * (8 + 8 * READERS)  # header bytes (already a multiple of 64)
@@ -377,8 +381,11 @@ def test_audio_reader_never_returns_a_wrong_frame_and_never_raises(ops):
                 reader.close()
                 reader = ring.reader(start=last + 1, slot=0)
             # Whatever the header slots hold, the writer-side views never raise or go out of range.
+            # (A scribbled cursor ahead of the writer can make headroom exceed CAP - 1 until the
+            # reader's next read rewrites it; the pacing writer then costs that reader counted
+            # lost frames, nothing worse.)
             room = ring.headroom()
-            assert room is None or 0 <= room <= CAP - 1
+            assert room is None or room >= 0
             assert all(lag >= 0 for lag in ring.reader_lags().values())
             ring.reader_stats()
             assert ring.total_lost() >= 0
@@ -444,17 +451,18 @@ RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000]
 def riff_files(draw) -> tuple[bytes, dict | None]:
     """A RIFF/WAVE file and, when every field is sane and nothing is cut, what it holds."""
     sane = True
-    kind = draw(st.sampled_from(["pcm8", "pcm16", "pcm24", "pcm32", "f32", "f64", "random_tag"]))
+    rare = lambda n=8: draw(st.integers(0, n - 1)) == 0  # noqa: E731 - one damage of many, so most files load
+    kind = draw(st.sampled_from(["pcm8", "pcm16", "pcm24", "pcm32", "f32", "f64"] * 3 + ["random_tag"]))
     tag, bits = {"pcm8": (1, 8), "pcm16": (1, 16), "pcm24": (1, 24), "pcm32": (1, 32), "f32": (3, 32),
                  "f64": (3, 64), "random_tag": (draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 64)))}[kind]
     if kind == "random_tag" and not (tag in (1, 3) and bits in ((8, 16, 24, 32) if tag == 1 else (32, 64))):
         sane = False
-    channels = draw(st.one_of(st.integers(1, 8), st.integers(1, 8), st.sampled_from([0, 65, 0xFFFF])))
-    rate = draw(st.one_of(st.sampled_from(RATES), st.integers(0, 2**32 - 1)))
+    channels = draw(st.sampled_from([0, 65, 0xFFFF])) if rare() else draw(st.integers(1, 8))
+    rate = draw(st.integers(0, 2**32 - 1)) if rare() else draw(st.sampled_from(RATES))
     if not (1 <= channels <= 64 and 1000 <= rate <= 768_000):
         sane = False
     align = (channels * bits // 8) & 0xFFFF
-    if draw(st.integers(0, 9)) == 0:
+    if rare(10):
         align = draw(st.integers(0, 0xFFFF))
     sane = sane and align == channels * bits // 8
     byte_rate = draw(st.one_of(st.just(rate * max(align, 1) & 0xFFFFFFFF), st.integers(0, 2**32 - 1)))
@@ -462,17 +470,17 @@ def riff_files(draw) -> tuple[bytes, dict | None]:
     fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, byte_rate, align, bits)
     if extensible:
         guid = struct.pack("<H", tag) + _GUID_TAIL
-        if draw(st.integers(0, 5)) == 0:
+        if rare():
             guid = draw(st.binary(min_size=16, max_size=16))
             sane = sane and guid[2:] == _GUID_TAIL and struct.unpack("<H", guid[:2])[0] in (1, 3)
             tag = struct.unpack("<H", guid[:2])[0]
-        cb = draw(st.one_of(st.just(22), st.integers(0, 0xFFFF)))
+        cb = draw(st.integers(0, 0xFFFF)) if rare() else 22
         sane = sane and cb >= 22
         fmt += struct.pack("<HHI", cb, bits, 3) + guid
     elif draw(st.booleans()):
         fmt += b"\x00\x00"  # WAVEFORMATEX with cbSize 0
     fmt_size = len(fmt)
-    if draw(st.integers(0, 9)) == 0:
+    if rare(10):
         fmt_size = draw(st.integers(0, 2**32 - 1))
         sane = sane and fmt_size == len(fmt)
     n_frames = draw(st.one_of(st.integers(0, 64), st.integers(0, 3000)))
@@ -485,7 +493,7 @@ def riff_files(draw) -> tuple[bytes, dict | None]:
     data = {"random": lambda: rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes(),  # NaN, inf, 1e308 for floats
             "zeros": lambda: bytes(n_bytes), "ones": lambda: b"\xff" * n_bytes}[content]()
     data_size = len(data)
-    lie = draw(st.sampled_from(["none"] * 6 + ["zero", "huge", "gigabytes", "plus", "minus"]))
+    lie = draw(st.sampled_from(["none"] * 15 + ["zero", "huge", "gigabytes", "plus", "minus"]))
     if lie != "none":
         data_size = {"zero": 0, "huge": 0xFFFFFFFF, "gigabytes": 3 * 1024**3, "plus": len(data) + draw(st.integers(1, 99)),
                      "minus": max(0, len(data) - draw(st.integers(1, 99)))}[lie]
@@ -493,28 +501,30 @@ def riff_files(draw) -> tuple[bytes, dict | None]:
     chunks = b""
     for _ in range(draw(st.integers(0, 2))):  # LIST/junk chunks before fmt or data
         body = draw(st.binary(max_size=9))
-        size = len(body) if draw(st.booleans()) else draw(st.integers(0, 2**32 - 1))
+        size = draw(st.integers(0, 2**32 - 1)) if rare() else len(body)
         sane = sane and size == len(body)
         chunks += b"LIST" + struct.pack("<I", size) + body + (b"\x00" if len(body) & 1 else b"")
-    order = draw(st.sampled_from(["fmt_first"] * 5 + ["data_first", "no_fmt", "no_data"]))
+    order = draw(st.sampled_from(["fmt_first"] * 15 + ["data_first", "no_fmt", "no_data"]))
     fmt_chunk = b"fmt " + struct.pack("<I", fmt_size) + fmt + (b"\x00" if len(fmt) & 1 else b"")
     data_chunk = b"data" + struct.pack("<I", data_size) + data
     body = {"fmt_first": chunks + fmt_chunk + data_chunk, "data_first": data_chunk + fmt_chunk,
             "no_fmt": chunks + data_chunk, "no_data": chunks + fmt_chunk}[order]
     sane = sane and order == "fmt_first"
-    head = draw(st.sampled_from([b"RIFF"] * 8 + [b"RF64", b"RIFX", b"\x00\x00\x00\x00"]))
-    wave = draw(st.sampled_from([b"WAVE"] * 8 + [b"AVI ", b"wave"]))
+    head = draw(st.sampled_from([b"RIFF"] * 20 + [b"RF64", b"RIFX", b"\x00\x00\x00\x00"]))
+    wave = draw(st.sampled_from([b"WAVE"] * 20 + [b"AVI ", b"wave"]))
     sane = sane and head == b"RIFF" and wave == b"WAVE"
     blob = head + struct.pack("<I", draw(st.integers(0, 2**32 - 1))) + wave + body
-    if draw(st.integers(0, 3)) == 0:
+    if rare(6):
         cut = draw(st.integers(0, len(blob)))
         sane = sane and cut == len(blob)
         blob = blob[:cut]
-    if draw(st.integers(0, 5)) == 0:
+    if rare(6):
         blob += draw(st.binary(max_size=16))  # trailing junk (harmless)
-    if draw(st.integers(0, 20)) == 0:
+    if rare(30):
         blob, sane = draw(st.binary(max_size=200)), False
-    truth = {"channels": channels, "rate": rate, "frames": data_size // align if align else 0} if sane else None
+    frames = data_size // align if align else 0
+    sane = sane and frames * 16000 >= rate  # at least one sample at 16 kHz (less is refused as too short)
+    truth = {"channels": channels, "rate": rate, "frames": frames} if sane else None
     return blob, truth
 
 
@@ -524,6 +534,9 @@ def expected_length(frames: int, rate: int) -> float:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(wav=riff_files())
+@example(wav=(b"RIFF\x26\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x00\x77\x01\x00\x00\xee\x02\x00"
+              b"\x02\x00\x10\x00data\x02\x00\x00\x00\xe8\x03", None)).via(
+    "one sample at 96 kHz resampled to nothing: an empty clip then broke a looping WavSource")
 def test_load_wav_returns_16k_mono_int16_or_raises_audio_format_error(wav, tmp_path):
     blob, truth = wav
     p = tmp_path / "fuzz.wav"
@@ -724,7 +737,7 @@ def test_bit_flip_in_ggml_structure_is_refused(ggml_copy, data, bit):
 
 @settings(max_examples=120, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(data=st.data(), new=st.binary(min_size=1, max_size=8))
-def test_any_byte_damage_to_ggml_gives_model_error_or_a_loadable_layout(ggml_copy, data, new):
+def test_any_byte_damage_to_ggml_gives_model_error_or_passes(ggml_copy, data, new):
     """Anywhere in the file (tensor payload included: ggml has no checksum, so damage to weights
     or token text is invisible by design); validation may pass, or raise ModelError, nothing else."""
     path, original, lay = ggml_copy
@@ -824,7 +837,8 @@ print("loaded")
 """
 
 
-@pytest.mark.parametrize("damage", ["truncated_mid_tensor", "bad_magic", "token_length_flipped", "wrong_audio_ctx"])
+@pytest.mark.parametrize("damage", ["truncated_mid_tensor", "bad_magic", "token_length_flipped", "wrong_audio_ctx",
+                                    "bad_ftype", "heads_do_not_divide_width"])
 def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_copy, tmp_path, damage):
     """In a child process: a segfault in whisper.cpp must not take pytest down with it."""
     _, original, lay = ggml_copy
@@ -833,8 +847,12 @@ def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_co
         blob[0] ^= 0x01
     elif damage == "token_length_flipped":
         blob[lay.tok_lens[100]] ^= 0x04
-    elif damage == "wrong_audio_ctx":  # positional embedding no longer matches: whisper.cpp fails to load
+    elif damage == "wrong_audio_ctx":  # whisper.cpp: "wrong shape", no context, then SIGSEGV on transcribe
         struct.pack_into("<i", blob, 8, lay.hparams[1] // 2)
+    elif damage == "bad_ftype":  # whisper.cpp: SIGABRT in ggml
+        struct.pack_into("<i", blob, 4 + 4 * 10, 5)
+    elif damage == "heads_do_not_divide_width":  # whisper.cpp: SIGABRT in ggml
+        struct.pack_into("<i", blob, 4 + 4 * 3, lay.hparams[3] + 1)
     p = tmp_path / f"{damage}.bin"
     p.write_bytes(bytes(blob))
     proc = subprocess.run([sys.executable, "-c", _ENGINE_PROBE, str(p)], cwd=ROOT, capture_output=True, text=True,
@@ -999,11 +1017,10 @@ def test_metrics_full_disk_drops_counts_and_recovers(tmp_path):
         try:
             assert record(store, 1)
             filler = fs / "filler"
-            with open(filler, "wb") as f:  # fill every last block
+            with open(filler, "wb", buffering=0) as f:  # fill every last block
                 try:
                     while True:
                         f.write(b"\xff" * 4096)
-                        f.flush()
                 except OSError:
                     pass
             failed = [record(store, 10 + k, response="x" * 20_000) for k in range(3)]

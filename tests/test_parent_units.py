@@ -190,6 +190,9 @@ def test_new_wake_cancels_the_answer_in_flight(tmp_path):
     (["frobnicate"], "invalid choice"),
     (["report", "--last", "0"], "--last must be a positive number"),
     (["run", "--input", "/nonexistent.wav"], "/nonexistent.wav"),
+    (["run", "--config", "/nonexistent.toml"], "config file /nonexistent.toml does not exist"),
+    (["--config", "/nonexistent.toml", "report"], "config file /nonexistent.toml does not exist"),
+    (["run", "--http", "localhost"], "expected HOST:PORT"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, needle, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,

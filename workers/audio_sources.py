@@ -179,9 +179,9 @@ def _parse_fmt(fmt: bytes, bad: Callable[[str], AudioFormatError]) -> WavInfo:
 def _decode(raw: np.ndarray, info: WavInfo) -> np.ndarray:
     """Raw little-endian bytes → float32 samples in [-1, 1], shape (frames, channels)."""
     if info.format_tag == WAVE_FORMAT_IEEE_FLOAT:
-        x = raw.view("<f4" if info.bits == 32 else "<f8").astype(np.float32)
-        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-        np.clip(x, -1.0, 1.0, out=x)
+        x = raw.view("<f4" if info.bits == 32 else "<f8")
+        x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)  # a copy; clip before narrowing so a
+        x = np.clip(x, -1.0, 1.0).astype(np.float32)  # float64 beyond float32's range is no overflow warning
     elif info.bits == 8:
         x = (raw.astype(np.float32) - 128.0) / 128.0  # 8-bit WAV is unsigned
     elif info.bits == 16:
@@ -221,6 +221,9 @@ def load_wav(path: str | os.PathLike, rate: int = SAMPLE_RATE) -> np.ndarray:
     mono = x[:, 0] if info.channels == 1 else x.mean(axis=1, dtype=np.float32)
     if info.rate != rate:
         mono = soxr.resample(mono, info.rate, rate, quality="HQ")
+    if mono.size == 0:  # e.g. one sample at 48 kHz; an empty clip would break a looping WavSource
+        raise AudioFormatError(f"{path}: too short: {info.frames} sample frame(s) at {info.rate} Hz "
+                               f"is less than one sample at {rate} Hz")
     return _to_int16(mono)
 
 
