@@ -88,9 +88,9 @@ _GGML_TYPES = {
 }
 
 
-# ggml_ftype values (modulo the quantization-version factor 1000) whisper.cpp can load:
-# f32, f16, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k..q6_k.
-_WHISPER_FTYPES = frozenset({0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14})
+# ggml_ftype (modulo the quantization-version factor 1000) -> the tensor type whisper.cpp then
+# expects for the weight matrices: f32, f16, q4_0, q4_1, q8_0, q5_0, q5_1, q2_k..q6_k.
+_WHISPER_WTYPE = {0: 0, 1: 1, 2: 2, 3: 3, 7: 8, 8: 6, 9: 7, 10: 10, 11: 11, 12: 12, 13: 13, 14: 14}
 
 
 def _whisper_tensor_names(n_audio_layer: int, n_text_layer: int) -> set[str]:
@@ -162,9 +162,14 @@ def validate_ggml(path: Path) -> None:
         # whisper.cpp aborts (SIGABRT) on these instead of failing the load:
         if n_audio_state % n_audio_head or n_text_state % n_text_head:
             raise bad(f"head count does not divide the model width (hyper-parameters {hp})")
-        if ftype < 0 or ftype % 1000 not in _WHISPER_FTYPES:
+        if ftype < 0 or ftype % 1000 not in _WHISPER_WTYPE:
             raise bad(f"unknown weight type (ftype {ftype})")
-        # ... and on a wrong shape it logs an error, returns no context, and the first
+        wtype = _WHISPER_WTYPE[ftype % 1000]
+        # Every layer holds n_state x n_state matrices of >= 2 bits per weight; a (corrupt) layer
+        # count beyond what the file can hold would otherwise build millions of expected names.
+        if (n_audio_layer + n_text_layer) * n_audio_state**2 // 4 > size:
+            raise bad(f"implausible layer counts for a {size}-byte file (hyper-parameters {hp})")
+        # ... and on a wrong shape or size it logs an error, returns no context, and the first
         # transcription segfaults; so the hyper-parameters must match the tensors.
         shapes = {"encoder.positional_embedding": (n_audio_state, n_audio_ctx),
                   "decoder.positional_embedding": (n_text_state, n_text_ctx),
@@ -199,6 +204,8 @@ def validate_ggml(path: Path) -> None:
                     raise bad(f"unexpected tensor {name!r} at offset {pos}")
                 if name in shapes and tuple(ne) != shapes[name]:
                     raise bad(f"tensor {name!r} has shape {tuple(ne)}, the header implies {shapes[name]}")
+                if name == "decoder.token_embedding.weight" and ttype != wtype:  # always stored in wtype
+                    raise bad(f"tensor {name!r} has type {ttype}, the header's ftype {ftype} implies {wtype}")
                 block, block_bytes = _GGML_TYPES[ttype]
                 n_elem = 1
                 for d in ne:

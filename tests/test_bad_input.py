@@ -735,6 +735,23 @@ def test_bit_flip_in_ggml_structure_is_refused(ggml_copy, data, bit):
             assert flip_is_harmless(kind, lay, value), f"a flipped bit in the {kind} at byte {offset} was not noticed"
 
 
+def test_every_single_bit_flip_of_the_ggml_hyper_parameters_is_refused_or_harmless(ggml_copy):
+    """Exhaustive over the 11 x 32 bits: these are the fields whisper.cpp trusts without
+    checking them against the tensors (it then segfaults or aborts on the first transcription)."""
+    path, original, lay = ggml_copy
+    unnoticed = []
+    for bit in range(11 * 32):
+        offset = 4 + bit // 8
+        kind = f"hparam{bit // 32}"
+        with flipped(path, offset, bytes([original[offset] ^ (1 << (bit % 8))])):
+            if validate_outcome(validate_ggml, path) == "passed":
+                value = struct.unpack_from("<i", bytes(original[4 : 48]), 4 * (bit // 32))[0] ^ (1 << (bit % 32))
+                value = value - 2**32 if value >= 2**31 else value
+                if not flip_is_harmless(kind, lay, value):
+                    unnoticed.append((kind, bit % 32, value))
+    assert unnoticed == []
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(data=st.data(), new=st.binary(min_size=1, max_size=8))
 def test_any_byte_damage_to_ggml_gives_model_error_or_passes(ggml_copy, data, new):
@@ -838,7 +855,7 @@ print("loaded")
 
 
 @pytest.mark.parametrize("damage", ["truncated_mid_tensor", "bad_magic", "token_length_flipped", "wrong_audio_ctx",
-                                    "bad_ftype", "heads_do_not_divide_width"])
+                                    "bad_ftype", "ftype_f32_but_f16_tensors", "heads_do_not_divide_width"])
 def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_copy, tmp_path, damage):
     """In a child process: a segfault in whisper.cpp must not take pytest down with it."""
     _, original, lay = ggml_copy
@@ -851,6 +868,8 @@ def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_co
         struct.pack_into("<i", blob, 8, lay.hparams[1] // 2)
     elif damage == "bad_ftype":  # whisper.cpp: SIGABRT in ggml
         struct.pack_into("<i", blob, 4 + 4 * 10, 5)
+    elif damage == "ftype_f32_but_f16_tensors":  # one bit (1 -> 0); whisper.cpp: "wrong size", then SIGSEGV
+        struct.pack_into("<i", blob, 4 + 4 * 10, 0)
     elif damage == "heads_do_not_divide_width":  # whisper.cpp: SIGABRT in ggml
         struct.pack_into("<i", blob, 4 + 4 * 3, lay.hparams[3] + 1)
     p = tmp_path / f"{damage}.bin"

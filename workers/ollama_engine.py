@@ -193,7 +193,7 @@ class OllamaLlm:
             reason = "length"
         else:
             reason = "stop"
-        n_tokens = eval_count if eval_count is not None and reason in ("stop", "length") else len(parts)
+        n_tokens = eval_count if isinstance(eval_count, int) and eval_count >= 0 and reason in ("stop", "length") else len(parts)
         return StreamResult(
             text="".join(parts),
             n_tokens=int(n_tokens),
