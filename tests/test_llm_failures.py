@@ -91,7 +91,8 @@ class WorkerHarness:
 
 def worker_config(**llm):
     cfg = load_config(environ={})
-    base = dict(engine="ollama", first_token_timeout_s=FIRST_S, total_timeout_s=TOTAL_S, retry_connect=True)
+    base = dict(engine="ollama", first_token_timeout_s=FIRST_S, total_timeout_s=TOTAL_S, retry_connect=True,
+                temperature=0.0)  # greedy: the model says "Paris" every time
     base.update(llm)
     return replace(cfg, llm=replace(cfg.llm, **base))
 
@@ -455,7 +456,7 @@ def test_embedded_engine_through_the_worker_answers(harness, models):
     from workers.llm_engines import EmbeddedLlm
 
     harness.ctx.config = worker_config(engine="embedded", first_token_timeout_s=3.0, total_timeout_s=15.0)
-    engine = EmbeddedLlm(models.llm, n_threads=1)
+    engine = EmbeddedLlm(models.llm, n_threads=1, temperature=0.0)
     engine.warm(harness.ctx.config.llm.system_prompt)
     tokens, done, _ = harness.request(engine, "What is the capital of France?")
     assert not done.degraded and "Paris" in done.text, done

@@ -22,7 +22,7 @@ from workers.ollama_engine import DEFAULT_MODEL, OllamaLlm, resolve_host
 
 CONFIG = load_config(environ={})
 SYSTEM = CONFIG.llm.system_prompt
-OPTIONS = {"temperature": 0.2, "repeat_penalty": 1.2}
+OPTIONS = {"temperature": 0.0, "repeat_penalty": 1.2}  # greedy: reproducible answers
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ def pipeline_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["VIGIL_METRICS__STATE_DIR"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("VIGIL_LLM__TEMPERATURE", "0.0")  # greedy decoding: the same answer every run
     return env
 
 
