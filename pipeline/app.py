@@ -90,10 +90,10 @@ class Pipeline:
         self.tracker = LatencyTracker()
         self.decode_errors = 0
         # Checked before any segment exists, so a refused config leaves nothing behind.
-        self.metrics = PipelineMetrics(health=lambda: self.supervisor.health())
+        self.metrics = PipelineMetrics(health=self.health)
         self.http: KioskHttpServer | None = None
         if config.http.enabled:
-            self.http = KioskHttpServer(config.http.host, config.http.port, health=lambda: self.supervisor.health(),
+            self.http = KioskHttpServer(config.http.host, config.http.port, health=self.health,
                                         metrics=self.metrics.render, token=config.http.token)
             self.metrics.watch_sse(self.http.stats)
         removed = cleanup_stale()
@@ -151,6 +151,16 @@ class Pipeline:
                     continue
                 self.coordinator.handle(message)
         return handled
+
+    def health(self) -> dict[str, Any]:
+        """The supervisor's view plus what only workers know: a lost microphone is degraded too."""
+        health = self.supervisor.health()
+        for name, state in self.coordinator.worker_states.items():
+            if name in health["workers"] and state.state != "running":
+                health["workers"][name]["device"] = state.state  # e.g. "lost", "no_device"
+                health["workers"][name]["detail"] = state.detail
+                health["status"] = "degraded"
+        return health
 
     def _report_drops(self) -> None:
         for ring, stats in self.backpressure.stats().items():

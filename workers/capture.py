@@ -8,6 +8,8 @@ losing audio.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 
 from pipeline.messages import InputEnded, InputStarted, WorkerState
@@ -41,10 +43,16 @@ def run(ctx: WorkerContext) -> None:
     ring = ctx.audio
     spec = cfg.input
 
+    outbox = threading.Lock()  # the outbox has one producer: states come from PyAudio's helper threads too
+
+    def send(message) -> None:
+        with outbox:
+            ctx.send(message)
+
     def on_state(state: str, detail: str) -> None:
-        ctx.log.info("microphone %s: %s", state, detail) if state == "running" else ctx.log.warning(
-            "microphone %s: %s", state, detail)
-        ctx.send(WorkerState(worker=ctx.name, state=state, detail=detail, t_ns=time.monotonic_ns()))
+        level = logging.INFO if state in ("running", "opening", "closed") else logging.WARNING
+        ctx.log.log(level, "microphone %s: %s", state, detail)
+        send(WorkerState(worker=ctx.name, state=state, detail=detail, t_ns=time.monotonic_ns()))
 
     if spec == "mic":
         source = PyAudioSource(device=cfg.device or None, frame_samples=ring.frame_samples, on_state=on_state)
@@ -57,7 +65,7 @@ def run(ctx: WorkerContext) -> None:
         for frame, capture_ns in source.frames():
             if not started:
                 t0 = getattr(source, "t0_ns", capture_ns)
-                ctx.send(InputStarted(source=spec, seq=ring.write_seq, t0_ns=int(t0)))
+                send(InputStarted(source=spec, seq=ring.write_seq, t0_ns=int(t0)))
                 started = True
             if cfg.fast:
                 _wait_for_readers(ctx)
@@ -65,7 +73,7 @@ def run(ctx: WorkerContext) -> None:
             ctx.beat()
             if ctx.should_stop():
                 return
-        ctx.send(InputEnded(source=spec, last_seq=last_seq, t_ns=time.monotonic_ns()))
+        send(InputEnded(source=spec, last_seq=last_seq, t_ns=time.monotonic_ns()))
         # The input is over; stay alive (beating) so the supervisor does not restart and replay it.
         while not ctx.should_stop():
             ctx.beat()
