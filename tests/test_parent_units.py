@@ -43,6 +43,7 @@ def test_config_file_and_environment_overrides(tmp_path):
     ("[llm]\nengine = 'gpt'\n", {}, "choose one of"),
     ("", {"VIGIL_WAKE__THRESHOLD": "1.5"}, "between 0 and 1"),
     ("", {"VIGIL_BOGUS__X": "1"}, "unknown section 'bogus'"),
+    ("", {"VIGIL_AUDIO__ENGINE_RESTART_S": "-1"}, "[audio] engine_restart_s must be >= 0"),
     ("[stt\n", {}, "not valid TOML"),
 ])
 def test_invalid_config_is_a_clear_error(tmp_path, toml, env, needle):

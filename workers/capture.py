@@ -55,7 +55,8 @@ def run(ctx: WorkerContext) -> None:
         send(WorkerState(worker=ctx.name, state=state, detail=detail, t_ns=time.monotonic_ns()))
 
     if spec == "mic":
-        source = PyAudioSource(device=cfg.device or None, frame_samples=ring.frame_samples, on_state=on_state)
+        source = PyAudioSource(device=cfg.device or None, frame_samples=ring.frame_samples, on_state=on_state,
+                               restart_every_s=cfg.engine_restart_s or None)
     else:
         source = WavSource(spec, frame_samples=ring.frame_samples, realtime=not cfg.fast, loop=cfg.loop)
     ctx.beat()
