@@ -29,7 +29,6 @@ import struct
 import subprocess
 import sys
 import threading
-import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,32 +48,14 @@ from pipeline.models import ModelError, validate_ggml, validate_gguf
 from shm import segments
 from shm.audio_ring import AudioRing
 from shm.message_ring import MessageRing, Policy
-from shm.segments import attach_segment, segment_name
+from shm.segments import attach_segment
 from workers.audio_sources import AudioFormatError, WavSource, load_wav, read_wav_info
 from workers.llm_engines import StreamResult
 from workers.ollama_engine import OllamaLlm
+from tests.test_shm import no_leftover_segments, seg, vigil_segments  # noqa: F401 - its autouse fixture applies here
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = uuid.uuid4().hex[:8]  # marks every segment this test run creates
 NO_FIXTURE_CHECK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-
-
-def seg(label: str) -> str:
-    return segment_name(os.getpid(), f"t{TOKEN}-{label}")
-
-
-def vigil_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("vigil-")}
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_segments():
-    before = vigil_segments()
-    yield
-    leftover = sorted(n for n in vigil_segments() - before if TOKEN in n or segments.owner_of(n) == os.getpid())
-    for n in leftover:
-        segments.unlink_quietly(n)
-    assert leftover == [], f"segments left in /dev/shm: {leftover}"
 
 
 @contextmanager
