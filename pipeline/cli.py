@@ -82,18 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.latency import SPANS, percentiles
+    from pipeline.latency import SPANS, summarize_spans
     from pipeline.metrics_store import MetricsStore
 
     config = _load(args)
     store = MetricsStore(config.metrics.state_dir, run_id="report")
     sessions = store.recent(args.last)
     store.close()
-    collected: dict[str, list[float]] = {}
-    for row in sessions:
-        for name, value in row["spans"].items():
-            collected.setdefault(name, []).append(value)
-    report = {name: percentiles(values) for name, values in collected.items()}
+    report = summarize_spans(row["spans"] for row in sessions)
     if args.trace:
         from pipeline.trace import write_trace
 

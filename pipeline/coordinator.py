@@ -18,14 +18,13 @@ from typing import Any, Callable
 from pipeline.config import Config
 from pipeline.latency import LatencyTracker
 from pipeline.messages import (
-    Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, StartListening, Token, Transcript, WakeDetected,
-    WorkerState,
+    FRIENDLY_FAILURE, Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, StartListening, Token,
+    Transcript, WakeDetected, WorkerState,
 )
 from pipeline.metrics_store import MetricsStore
 
 log = logging.getLogger("vigil.coordinator")
 
-FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
 BACKSTOP_S = 1.0  # added to the worker's own deadlines before the coordinator steps in
 
 

@@ -44,6 +44,15 @@ def percentiles(values: Iterable[float]) -> dict[str, float]:
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1), "n": int(data.size)}
 
 
+def summarize_spans(sessions: Iterable[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Percentiles per span name over many sessions' span dicts (tracker sessions or stored rows)."""
+    collected: dict[str, list[float]] = {}
+    for spans in sessions:
+        for name, value in spans.items():
+            collected.setdefault(name, []).append(value)
+    return {name: percentiles(values) for name, values in collected.items()}
+
+
 class LatencyTracker:
     """Marks and per-stage compute times for the last `max_sessions` sessions."""
 
@@ -93,8 +102,4 @@ class LatencyTracker:
 
     def report(self) -> dict[str, dict[str, float]]:
         """Percentiles (p50/p95/p99, n) per span and per stage compute time over kept sessions."""
-        collected: dict[str, list[float]] = {}
-        for session in self._marks:
-            for name, value in self.spans(session).items():
-                collected.setdefault(name, []).append(value)
-        return {name: percentiles(values) for name, values in collected.items()}
+        return summarize_spans(self.spans(session) for session in self._marks)

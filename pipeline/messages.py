@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+# What the person hears when no real answer can come in time (any LLM failure or deadline).
+FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
+
+
 class DecodeError(ValueError):
     """A payload that is not one of our messages."""
 

@@ -340,14 +340,21 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._chat_once(messages, options)
 
-        def _chat_once(self, messages: list[dict], options: dict[str, Any]) -> None:
+        def _generate(self, messages: list[dict], options: dict[str, Any], on_token) -> Any | None:
+            """Run one generation; None when it already ended the exchange (queue full, client gone)."""
             try:
-                result = server.generate(messages, options, lambda _t: self._client_gone(), self._client_gone)
+                result = server.generate(messages, options, on_token, self._client_gone)
             except ModelBusy as exc:
                 self._send_json(503, {"error": str(exc)})
-                return
+                return None
             if result is None or result.finish_reason == "cancelled":
                 self.close_connection = True
+                return None
+            return result
+
+        def _chat_once(self, messages: list[dict], options: dict[str, Any]) -> None:
+            result = self._generate(messages, options, lambda _t: self._client_gone())
+            if result is None:
                 return
             if result.finish_reason == "error":
                 self._send_json(500, {"error": result.error or "generation failed"})
@@ -377,13 +384,8 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 except OSError:  # BrokenPipe / ConnectionReset: the client went away
                     return True
 
-            try:
-                result = server.generate(messages, options, on_token, self._client_gone)
-            except ModelBusy as exc:
-                self._send_json(503, {"error": str(exc)})
-                return
-            if result is None or result.finish_reason == "cancelled":
-                self.close_connection = True
+            result = self._generate(messages, options, on_token)
+            if result is None:
                 return
             try:
                 if result.finish_reason == "error" and not headers_sent:

@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.messages import Announce, Cancel, LlmDone, LlmRequest, Token
+from pipeline.messages import FRIENDLY_FAILURE, Announce, Cancel, LlmDone, LlmRequest, Token
 from skills import SkillRunner
 from workers.llm_engines import EmbeddedLlm, LlmEngine, StreamResult
 from workers.runtime import WorkerContext
 
-FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
 POLL_S = 0.01  # main-thread wait per loop: bounds the reaction time to a Cancel
 RETRY_PAUSE_S = 0.05  # before the one connect retry (a restarting server)
 MIN_RETRY_BUDGET_S = 0.1  # retry only if at least this much first-token budget is left
