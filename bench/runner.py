@@ -92,9 +92,8 @@ def measure_vigil(utterances, run_dir: Path, passes: int, gap_s: float, progress
 
 def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
     """Listen to a loop of silence and soft noise; skip the model-loading start."""
-    rng_noise = pink_noise(20.0, rms=120.0, seed=7)
     quiet = np.zeros(20 * RATE, dtype=np.int16)
-    wav = write_wav16(run_dir / "idle.wav", np.concatenate([quiet, rng_noise.astype(np.int16)]))
+    wav = write_wav16(run_dir / "idle.wav", np.concatenate([quiet, pink_noise(20.0, rms=120.0, seed=7)]))
     bar, tick = _progress(seconds + 10, "idle listening", progress)
     result = run_pipeline(wav, run_dir / "idle", extra_args=("--loop", "--max-seconds", str(seconds + 10)),
                           on_tick=tick, timeout_s=seconds + 200)
