@@ -48,6 +48,12 @@ class WakeConfig:
     threshold: float = 0.5
     warmup_s: float = 1.5  # openWakeWord gives a spurious score ~1 s after start
     refractory_s: float = 2.0  # one utterance wakes once
+    # Two-stage wake: the engine proposes at `proposal_threshold`, and STT's first pass over the wake
+    # phrase accepts or rejects it ("whisper"); "off" = single stage at `threshold`. While the verifier
+    # is down or late, `threshold` decides alone.
+    verify: str = "whisper"
+    proposal_threshold: float = 0.1
+    verify_deadline_s: float = 1.5  # proposal → verdict; past it the proposer's own score decides
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,18 @@ class SttConfig:
     no_speech_timeout_s: float = 4.0
     max_utterance_s: float = 12.0
     vad_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    enabled: bool = True
+    engine: str = "resemblyzer"  # "resemblyzer" (numpy port, weights from PyPI) or "speechbrain" (ECAPA)
+    model_dir: str = ""  # speechbrain: a local folder with hyperparams.yaml and checkpoints
+    threads: int = 1  # one thread: it runs beside STT and must not slow it
+    window_s: float = 3.0  # audio from the wake frame on that the voice is judged by
+    threshold: float = 0.75  # cosine similarity an enrolled voiceprint must reach, else "unknown"
+    deadline_ms: int = 300  # after speech end, the answer goes on without the speaker ("unknown")
+    fault_delay_ms: int = 0  # fault injection (tests, bench): sleep this long before each result
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     wake: WakeConfig = field(default_factory=WakeConfig)
     stt: SttConfig = field(default_factory=SttConfig)
+    speaker: SpeakerConfig = field(default_factory=SpeakerConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -158,6 +177,8 @@ class Config:
 
 _CHOICES = {
     ("wake", "engine"): {"openwakeword"},
+    ("wake", "verify"): {"whisper", "off"},
+    ("speaker", "engine"): {"resemblyzer", "speechbrain"},
     ("stt", "engine"): {"whispercpp"},
     ("llm", "engine"): {"embedded", "ollama"},
 }
@@ -167,15 +188,17 @@ _POSITIVE = {
     ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
     ("supervisor", "restart_budget"), ("supervisor", "restart_window_s"), ("supervisor", "stop_timeout_s"),
-    ("supervisor", "watchdog_grace_s"),
+    ("supervisor", "watchdog_grace_s"), ("speaker", "threads"), ("speaker", "window_s"),
+    ("wake", "verify_deadline_s"),
     ("metrics", "retention_sessions"), ("bench", "budget_ms"), ("bench", "passes"),
     ("bench", "baseline_end_silence_ms"), ("skills", "timeout_s"), ("skills", "pool_size"),
 }
 _NON_NEGATIVE = {
     ("audio", "engine_restart_s"), ("wake", "warmup_s"), ("wake", "refractory_s"), ("stt", "preroll_s"),
-    ("stt", "speculative_silence_ms"), ("supervisor", "done_grace_s"), ("bench", "gap_s"), ("bench", "idle_s"),
+    ("stt", "speculative_silence_ms"),
+    ("speaker", "deadline_ms"), ("speaker", "fault_delay_ms"), ("supervisor", "done_grace_s"), ("bench", "gap_s"), ("bench", "idle_s"),
 }
-_UNIT_INTERVAL = {("wake", "threshold"), ("stt", "vad_threshold")}
+_UNIT_INTERVAL = {("wake", "threshold"), ("wake", "proposal_threshold"), ("stt", "vad_threshold")}
 
 
 def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:

@@ -47,6 +47,31 @@ class Transcript:
 
 
 @dataclass(frozen=True)
+class WakeVerdict:
+    """STT's first pass over the wake phrase of a proposed wake: accept it or turn it down."""
+
+    session: int
+    accepted: bool
+    score: float  # the verifier's confidence that the wake phrase was said (0..1)
+    heard: str  # what the verifier heard, for the wake_rejected event and debugging
+    compute_ms: float
+    done_ns: int
+
+
+@dataclass(frozen=True)
+class SpeakerResult:
+    """Who spoke the request: an enrolled name or "unknown", judged from the audio after the wake."""
+
+    session: int
+    name: str
+    score: float  # cosine similarity to the best voiceprint (0 when none is enrolled)
+    engine: str
+    started_ns: int  # when the speaker worker began on this session
+    done_ns: int
+    compute_ms: float
+
+
+@dataclass(frozen=True)
 class Token:
     session: int
     text: str
@@ -113,6 +138,7 @@ class StartListening:
     session: int
     wake_seq: int
     wake_ns: int
+    verify: bool = False  # STT: first check the wake phrase, answer with a WakeVerdict
 
 
 @dataclass(frozen=True)
@@ -142,7 +168,7 @@ class Emit:
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        WakeDetected, Transcript, Token, LlmDone, Announce, InputStarted, InputEnded, WorkerState,
+        WakeDetected, WakeVerdict, SpeakerResult, Transcript, Token, LlmDone, Announce, InputStarted, InputEnded, WorkerState,
         StartListening, LlmRequest, Cancel, Emit,
     )
 }
