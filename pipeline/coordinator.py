@@ -1,7 +1,10 @@
 """The session coordinator: turns worker messages into sessions, latency marks and events.
 
 It lives in the parent and only routes small messages; audio never passes through it.
-A session is wake → transcript → answer. Deadlines here are the last line of defence: if
+A session is wake → transcript → answer. With two-stage wake a session starts as a
+*proposal* that STT's first pass accepts (then the `wake` event) or turns down (a silent
+`wake_rejected`); speaker ID runs beside STT and its name is used only if it is known by the
+time the answer starts (plus `[speaker] deadline_ms` after speech end, at most). Deadlines here are the last line of defence: if
 STT or the LLM worker dies or hangs mid-session, the person still gets a short, friendly,
 degraded answer instead of silence.
 """
@@ -18,8 +21,8 @@ from typing import Any, Callable
 from pipeline.config import Config
 from pipeline.latency import LatencyTracker
 from pipeline.messages import (
-    FRIENDLY_FAILURE, Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, StartListening, Token,
-    Transcript, WakeDetected, WorkerState,
+    FRIENDLY_FAILURE, Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, SpeakerResult,
+    StartListening, Token, Transcript, WakeDetected, WakeVerdict, WorkerState,
 )
 from pipeline.metrics_store import MetricsStore
 
@@ -32,9 +35,12 @@ BACKSTOP_S = 1.0  # added to the worker's own deadlines before the coordinator s
 class Session:
     id: int
     wake: WakeDetected
-    state: str = "listening"  # listening | answering | done
+    state: str = "listening"  # proposed | listening | waiting_speaker | answering | done
     transcript: str = ""
     speaker: str = "unknown"
+    speaker_known: bool = False  # a SpeakerResult came (its name may still be "unknown")
+    speaker_wait_until: float = 0.0  # monotonic: waiting_speaker ends here at the latest
+    verify_score: float | None = None
     tokens: list[str] = field(default_factory=list)
     deadline: float = 0.0  # monotonic seconds; past it the session is answered as degraded
     requests: int = 0  # LlmRequests sent for this session so far (their numbers)
@@ -42,6 +48,7 @@ class Session:
     # A request started on a partial transcript: its text, number, held tokens and its end, if it came.
     guess_text: str | None = None
     guess: int = 0
+    guess_speaker: str = "unknown"
     held: list[Token] = field(default_factory=list)
     held_done: LlmDone | None = None
 
@@ -62,12 +69,21 @@ class Coordinator:
         self.answered = 0
         self.speculation_hits = 0
         self.speculation_misses = 0
+        self.wake_proposals = 0
+        self.wake_rejections = 0
+        self.verify_faults = 0  # verdicts that failed or came too late: the proposer's score decided
+        self.proposals_ignored = 0  # proposals while someone was already being heard
+        self.speaker_late = 0  # answers that went on without the speaker result
 
     # ---- routing -----------------------------------------------------------------------
 
     def handle(self, message: Any) -> None:
         if isinstance(message, WakeDetected):
             self._on_wake(message)
+        elif isinstance(message, WakeVerdict):
+            self._on_verdict(message)
+        elif isinstance(message, SpeakerResult):
+            self._on_speaker(message)
         elif isinstance(message, Transcript):
             self._on_transcript(message)
         elif isinstance(message, Token):
@@ -93,17 +109,90 @@ class Coordinator:
             log.warning("unexpected message %r", message)
 
     def _on_wake(self, wake: WakeDetected) -> None:
-        for old in list(self.sessions.values()):  # barge-in: the newest request wins
-            self._cancel(old, "superseded by a new wake word")
+        if self.config.wake.verify == "off" or wake.sure:
+            session = self._new_session(wake)
+            self._accept(session, verify_score=None)
+            return
+        # Two-stage: a proposal. Someone being heard right now is not interrupted by one.
+        if any(s.state in ("proposed", "listening") for s in self.sessions.values()):
+            self.proposals_ignored += 1
+            log.info("wake proposal at frame %d ignored: a request is being heard", wake.seq)
+            return
+        self.wake_proposals += 1
+        session = self._new_session(wake)
+        session.state = "proposed"
+        session.deadline = time.monotonic() + self.config.wake.verify_deadline_s
+        self.send("stt", StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns, verify=True))
+
+    def _new_session(self, wake: WakeDetected) -> Session:
         session = Session(next(self._ids), wake)
-        stt = self.config.stt
-        session.deadline = time.monotonic() + stt.max_utterance_s + stt.no_speech_timeout_s + 10.0
         self.sessions[session.id] = session
         self.tracker.mark(session.id, "wake", wake.detected_ns)
         self.tracker.mark(session.id, "wake_audio", wake.audio_ns)
+        return session
+
+    def _accept(self, session: Session, verify_score: float | None, stt_listening: bool = False) -> None:
+        """A wake to act on: supersede older sessions (barge-in), start STT and speaker ID."""
+        for old in list(self.sessions.values()):  # barge-in: the newest request wins
+            if old is not session:
+                self._cancel(old, "superseded by a new wake word")
+        stt = self.config.stt
+        session.state = "listening"
+        session.verify_score = verify_score
+        session.deadline = time.monotonic() + stt.max_utterance_s + stt.no_speech_timeout_s + 10.0
+        wake = session.wake
         self.emit({"type": "wake", "t": time.time(), "session": session.id, "seq": wake.seq, "score": wake.score,
-                   "engine": wake.engine, "verify_score": None})
-        self.send("stt", StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns))
+                   "engine": wake.engine, "verify_score": verify_score})
+        start = StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns)
+        if not stt_listening:
+            self.send("stt", start)
+        if self.config.speaker.enabled:
+            self.send("speaker", start)
+
+    def _on_verdict(self, verdict: WakeVerdict) -> None:
+        session = self.sessions.get(verdict.session)
+        if session is None or session.state != "proposed":
+            return
+        self.tracker.stage(session.id, "verify", verdict.compute_ms)
+        if verdict.score < 0:  # the verifier failed: the proposer's own score decides
+            self._verifier_fault(session, verdict.heard, stt_listening=True)
+        elif verdict.accepted:
+            self.tracker.mark(session.id, "verified", verdict.done_ns)
+            self._accept(session, verify_score=verdict.score, stt_listening=True)
+        else:
+            self._reject(session, verdict.heard, verdict.score)
+
+    def _verifier_fault(self, session: Session, why: str, stt_listening: bool = False) -> None:
+        self.verify_faults += 1
+        log.warning("session %d: wake verifier failed (%s); proposer score %.2f decides", session.id, why,
+                    session.wake.score)
+        if session.wake.score >= self.config.wake.threshold:
+            self.tracker.mark(session.id, "verified")
+            self._accept(session, verify_score=None, stt_listening=stt_listening)  # else STT may have restarted
+        else:
+            self.send("stt", Cancel(session.id))
+            self._reject(session, "", None)
+
+    def _reject(self, session: Session, heard: str, verify_score: float | None) -> None:
+        """A proposal turned down: no answer, no sound — only a counted event."""
+        self.wake_rejections += 1
+        self.sessions.pop(session.id, None)
+        log.info("wake proposal at frame %d rejected (heard %r)", session.wake.seq, heard)
+        self.emit({"type": "wake_rejected", "t": time.time(), "seq": session.wake.seq, "score": session.wake.score,
+                   "heard": heard, "verify_score": verify_score})
+
+    def _on_speaker(self, msg: SpeakerResult) -> None:
+        session = self.sessions.get(msg.session)
+        if session is None:
+            return
+        session.speaker, session.speaker_known = msg.name, True
+        self.tracker.mark(msg.session, "speaker_start", msg.started_ns)
+        self.tracker.mark(msg.session, "speaker", msg.done_ns)
+        self.tracker.stage(msg.session, "speaker", msg.compute_ms)
+        self.emit({"type": "speaker", "t": time.time(), "session": msg.session, "name": msg.name,
+                   "score": msg.score})
+        if session.state == "waiting_speaker":
+            self._answer(session)
 
     def _on_transcript(self, msg: Transcript) -> None:
         session = self.sessions.get(msg.session)
@@ -115,6 +204,7 @@ class Coordinator:
             if msg.text and self.config.llm.speculate and msg.text != session.guess_text:
                 self._drop_guess(session)
                 session.guess_text, session.guess = msg.text, self._request(session, msg.text)
+                session.guess_speaker = session.speaker
             return
         if msg.speech_end_ns:
             self.tracker.mark(msg.session, "speech_end", msg.speech_end_ns)
@@ -126,12 +216,33 @@ class Coordinator:
             log.info("session %d: nothing heard (%s)", msg.session, msg.reason)
             self._finish(session, route="none", text="", degraded=False)
             return
+        wait_s = 0.0 if session.speaker_known else self._speaker_wait_s(msg.speech_end_ns)
+        if wait_s > 0:  # speaker ID is nearly done: give it the rest of its short deadline
+            session.state = "waiting_speaker"
+            session.speaker_wait_until = time.monotonic() + wait_s
+            return
+        self._answer(session)
+
+    def _speaker_wait_s(self, speech_end_ns: int) -> float:
+        """How much longer the answer may wait for speaker ID: never past speech end + deadline_ms."""
+        if not self.config.speaker.enabled or not speech_end_ns:
+            return 0.0
+        limit_ns = speech_end_ns + self.config.speaker.deadline_ms * 1_000_000
+        return max(0.0, (limit_ns - time.monotonic_ns()) / 1e9)
+
+    def _answer(self, session: Session) -> None:
+        """Start (or release) the answer to the final transcript, with whatever speaker is known."""
+        if not session.speaker_known and self.config.speaker.enabled:
+            self.speaker_late += 1
+        msg_text = session.transcript
         session.state = "answering"
         session.deadline = time.monotonic() + self.config.llm.first_token_timeout_s + BACKSTOP_S
-        if session.guess and session.guess_text == msg.text:
+        # A guess made before the speaker was known is only good if no skill depends on who asks.
+        same_speaker = session.guess_speaker == session.speaker or not self.config.skills.enrolled_only.strip()
+        if session.guess and session.guess_text == msg_text and same_speaker:
             self.speculation_hits += 1
             session.answering = session.guess
-            self.tracker.mark(msg.session, "llm_request")
+            self.tracker.mark(session.id, "llm_request")
             held, done = session.held, session.held_done
             session.held, session.held_done = [], None
             for token in held:  # the person sees them now, not when they were made
@@ -142,9 +253,9 @@ class Coordinator:
         if session.guess:
             self.speculation_misses += 1
         self._drop_guess(session)
-        self.tracker.mark(msg.session, "llm_request")
+        self.tracker.mark(session.id, "llm_request")
         # The LLM worker enforces the first-token deadline itself; this later one covers a dead or hung worker.
-        session.answering = self._request(session, msg.text)
+        session.answering = self._request(session, msg_text)
 
     def _request(self, session: Session, text: str) -> int:
         session.requests += 1
@@ -161,7 +272,7 @@ class Coordinator:
         session = self.sessions.get(token.session)
         if session is None:
             return
-        if session.state == "listening" and token.request == session.guess:
+        if session.state in ("listening", "waiting_speaker") and token.request == session.guess:
             session.held.append(token)  # an answer to the partial transcript: wait for the final one
             return
         if session.state != "answering" or token.request != session.answering:
@@ -176,7 +287,7 @@ class Coordinator:
         session = self.sessions.get(done.session)
         if session is None:
             return
-        if session.state == "listening" and done.request == session.guess:
+        if session.state in ("listening", "waiting_speaker") and done.request == session.guess:
             session.held_done = done
             return
         if session.state != "answering" or done.request != session.answering:
@@ -223,20 +334,45 @@ class Coordinator:
         log.info("session %d cancelled: %s", session.id, reason)
         if session.requests:  # the answer, or one started on a partial transcript
             self.send("llm", Cancel(session.id))
-        self._finish(session, route="none" if session.state == "listening" else "cancelled",
+        self._finish(session, route="cancelled" if session.state == "answering" else "none",
                      text="".join(session.tokens).strip(), degraded=False)
+
+    def tick(self) -> None:
+        """Called on every loop turn: the speaker deadline is short, so it is checked often."""
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if session.state == "waiting_speaker" and now >= session.speaker_wait_until:
+                self._answer(session)
 
     def check_deadlines(self) -> None:
         now = time.monotonic()
         for session in list(self.sessions.values()):
             if now <= session.deadline:
                 continue
-            if session.state == "listening":
+            if session.state == "proposed":
+                self._verifier_fault(session, "no verdict in time")
+            elif session.state == "listening":
                 self.emit({"type": "error", "t": time.time(), "where": "stt",
                            "message": f"session {session.id}: no transcript in time"})
                 self._finish(session, route="none", text="", degraded=True)
             else:
                 self._answer_friendly(session, "the LLM missed its deadline")
+
+    def worker_exited(self, name: str) -> None:
+        """The supervisor saw a worker die (crash, kill, hang): what it was doing for a session is lost.
+
+        STT: the request being heard is handed to the restarted STT (its audio is still in the ring,
+        read from the wake frame on), so the wake is not wasted and later wakes are not ignored for the
+        whole listening deadline. The LLM and speaker ID are covered by their own short deadlines.
+        """
+        if name != "stt":
+            return
+        for session in self.sessions.values():
+            if session.state == "listening":
+                log.warning("session %d: stt exited while hearing it; the restarted stt takes it from the ring",
+                            session.id)
+                wake = session.wake
+                self.send("stt", StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns))
 
     def idle(self) -> bool:
         return not self.sessions

@@ -22,6 +22,8 @@ SPANS: tuple[tuple[str, str, str], ...] = (
     ("speech_end_to_first_token", "speech_end", "first_token"),
     ("wake_to_first_token", "wake", "first_token"),
     ("first_token_to_done", "first_token", "done"),
+    ("wake_to_verified", "wake", "verified"),  # two-stage wake: proposal → the verifier's accept
+    ("wake_to_speaker", "wake", "speaker"),  # speaker ID result, computed beside STT
 )
 
 

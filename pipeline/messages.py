@@ -33,6 +33,7 @@ class WakeDetected:
     engine: str
     audio_ns: int
     detected_ns: int
+    sure: bool = False  # two-stage: the peak reached `sure_threshold` (graded engines only): no check needed
 
 
 @dataclass(frozen=True)

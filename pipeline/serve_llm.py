@@ -12,7 +12,16 @@ Endpoints (the subset the official clients use for chat):
   ``stream`` false: one object. Options honoured: ``num_predict``, ``temperature``,
   ``repeat_penalty``, ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``. An unknown
   model is a 404 ``{"error": "model ... not found"}`` as in Ollama.
+  ``tools`` (Ollama/OpenAI function specs): see "Tool calling" below.
 * ``GET /api/tags``, ``GET /api/version``, ``GET|HEAD /`` ("Ollama is running").
+
+Tool calling works with any gguf, whatever its chat template (``workers/llm_tools.py``):
+the tools are listed in the system prompt and the reply is grammar-constrained JSON, a call
+or a response. A response streams as ordinary ``message.content`` tokens as it is decoded;
+a call comes back as Ollama's ``message.tool_calls``
+(``[{"function": {"name", "arguments": {...}}}]``). After the client appends the tool
+results (``role: "tool"``), the next reply may only be a response. The system prompt plus
+the tool list is a stable prefix, so llama.cpp's prompt cache keeps it between requests.
 
 One request at a time runs on the model (llama.cpp with one slot); the others wait in
 line (at most ``max_queue``, then 503). A client that goes away -- mid-stream or while
@@ -40,6 +49,8 @@ from typing import Any, Callable
 
 from pipeline.config import Config
 from workers.llm_engines import EmbeddedLlm, StreamResult
+from workers.llm_tools import (ToolReply, chat_messages, parse_tools, tool_reply_constraint,  # noqa: F401
+                               tool_reply_grammar, tool_reply_schema)
 
 log = logging.getLogger("vigil.serve_llm")
 
@@ -111,7 +122,7 @@ class LlmServer:
         self._digest: str | None = None
         self._stats_lock = threading.Lock()
         self.stats = {"requests": 0, "tokens": 0, "cancelled": 0, "errors": 0, "active": 0,
-                      "max_active": 0}
+                      "max_active": 0, "tool_requests": 0, "tool_calls": 0}
         self.httpd = _Httpd((host, port), _make_handler(self))
         self._stopped = threading.Event()
 
@@ -180,8 +191,11 @@ class LlmServer:
         }]}
 
     def generate(self, messages: list[dict], options: dict[str, Any], on_token: Callable[[str], bool],
-                 client_gone: Callable[[], bool]) -> StreamResult | None:
-        """Run one generation when the model is free; None if the client left while waiting."""
+                 client_gone: Callable[[], bool], schema: dict[str, Any] | None = None) -> StreamResult | None:
+        """Run one generation when the model is free; None if the client left while waiting.
+
+        ``schema``: a JSON schema the reply must follow (llama.cpp turns it into a grammar),
+        or ``{"grammar": GBNF}``."""
         if not self._slots.acquire(blocking=False):
             raise ModelBusy("too many requests waiting for the model")
         try:
@@ -201,6 +215,10 @@ class LlmServer:
                     num_predict = DEFAULT_NUM_PREDICT
                 num_predict = min(num_predict, MAX_NUM_PREDICT)
                 sampling = {k: options[k] for k in OPTION_KEYS if k in options}
+                if schema is not None and "grammar" in schema:  # from tool_reply_constraint()
+                    sampling["grammar"] = schema["grammar"]
+                elif schema is not None:
+                    sampling["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
 
                 def counted(text: str) -> bool:
                     self.count("tokens")
@@ -219,8 +237,11 @@ class LlmServer:
             self._slots.release()
 
 
-def _final_chunk(server: LlmServer, result: StreamResult, content: str | None) -> dict[str, Any]:
+def _final_chunk(server: LlmServer, result: StreamResult, content: str | None,
+                 tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content if content is not None else ""}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     ns = int(result.total_ms * 1e6)
     first_ns = int((result.first_token_ms or 0.0) * 1e6)
     return {
@@ -317,8 +338,8 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 messages = body.get("messages") or []
                 if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                     raise ValueError("messages must be a list of objects")
-                messages = [{"role": str(m.get("role", "user")), "content": str(m.get("content") or "")}
-                            for m in messages]
+                tools = parse_tools(body.get("tools"))
+                messages, answer_only = chat_messages(messages, tools)
                 options = body.get("options") or {}
                 if not isinstance(options, dict):
                     raise ValueError("options must be an object")
@@ -335,15 +356,19 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                                       "message": {"role": "assistant", "content": ""},
                                       "done": True, "done_reason": "load"})
                 return
+            schema = tool_reply_constraint(tools, answer_only) if tools else None
+            if tools:
+                server.count("tool_requests")
             if body.get("stream", True):
-                self._chat_stream(messages, options)
+                self._chat_stream(messages, options, schema)
             else:
-                self._chat_once(messages, options)
+                self._chat_once(messages, options, schema)
 
-        def _generate(self, messages: list[dict], options: dict[str, Any], on_token) -> Any | None:
+        def _generate(self, messages: list[dict], options: dict[str, Any], on_token,
+                      schema: dict[str, Any] | None = None) -> Any | None:
             """Run one generation; None when it already ended the exchange (queue full, client gone)."""
             try:
-                result = server.generate(messages, options, on_token, self._client_gone)
+                result = server.generate(messages, options, on_token, self._client_gone, schema)
             except ModelBusy as exc:
                 self._send_json(503, {"error": str(exc)})
                 return None
@@ -352,17 +377,27 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 return None
             return result
 
-        def _chat_once(self, messages: list[dict], options: dict[str, Any]) -> None:
-            result = self._generate(messages, options, lambda _t: self._client_gone())
+        def _chat_once(self, messages: list[dict], options: dict[str, Any],
+                       schema: dict[str, Any] | None = None) -> None:
+            result = self._generate(messages, options, lambda _t: self._client_gone(), schema)
             if result is None:
                 return
             if result.finish_reason == "error":
                 self._send_json(500, {"error": result.error or "generation failed"})
                 return
-            self._send_json(200, _final_chunk(server, result, result.text))
+            if schema is None:
+                self._send_json(200, _final_chunk(server, result, result.text))
+                return
+            reply = ToolReply()
+            reply.feed(result.text)
+            calls = reply.tool_calls()
+            server.count("tool_calls", len(calls))
+            self._send_json(200, _final_chunk(server, result, reply.text or reply.leftover_text(), calls))
 
-        def _chat_stream(self, messages: list[dict], options: dict[str, Any]) -> None:
+        def _chat_stream(self, messages: list[dict], options: dict[str, Any],
+                         schema: dict[str, Any] | None = None) -> None:
             headers_sent = False
+            reply = ToolReply() if schema is not None else None
 
             def start() -> None:
                 nonlocal headers_sent
@@ -376,6 +411,10 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
             def on_token(text: str) -> bool:
                 if self._client_gone():
                     return True
+                if reply is not None:  # constrained JSON: stream only the decoded response text
+                    text = reply.feed(text)
+                    if not text:
+                        return False
                 try:
                     start()
                     self._chunk({"model": server.model_name, "created_at": _now_iso(),
@@ -384,7 +423,7 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 except OSError:  # BrokenPipe / ConnectionReset: the client went away
                     return True
 
-            result = self._generate(messages, options, on_token)
+            result = self._generate(messages, options, on_token, schema)
             if result is None:
                 return
             try:
@@ -394,6 +433,15 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
                 start()
                 if result.finish_reason == "error":  # as Ollama does: an error line inside the stream
                     self._chunk({"error": result.error or "generation failed"})
+                elif reply is not None:
+                    calls = reply.tool_calls()
+                    server.count("tool_calls", len(calls))
+                    leftover = reply.leftover_text()
+                    if calls or leftover:  # Ollama sends tool calls in a chunk of their own
+                        self._chunk({"model": server.model_name, "created_at": _now_iso(), "done": False,
+                                     "message": {"role": "assistant", "content": leftover,
+                                                 **({"tool_calls": calls} if calls else {})}})
+                    self._chunk(_final_chunk(server, result, ""))
                 else:
                     self._chunk(_final_chunk(server, result, ""))
                 self.wfile.write(b"0\r\n\r\n")

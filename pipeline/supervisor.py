@@ -5,6 +5,10 @@ restarted when it exits or when its shared-memory heartbeat goes quiet (a hang o
 SIGSTOP), after an exponential backoff; more than `restart_budget` restarts within
 `restart_window_s` mark it "failed" (health turns degraded) but it is still retried at the
 longest backoff, because a kiosk must heal itself when the cause goes away.
+
+A worker whose resident memory grows past `rss_limit_mb` (a leak, drift in a C library) is
+recycled: SIGTERM, a bounded wait, SIGKILL if it does not go, and an immediate restart that
+does not count against the restart budget (it did not crash).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import psutil
 
 from pipeline.config import Config
 from shm.heartbeat import HeartbeatTable
@@ -35,6 +41,8 @@ class WorkerHandle:
     next_start_at: float = 0.0
     backoff_s: float = 0.0
     recent_restarts: deque = field(default_factory=lambda: deque(maxlen=64))
+    recycle_deadline: float | None = None  # set while a recycled worker is being stopped (SIGTERM sent)
+    recycles: int = 0
 
     @property
     def pid(self) -> int | None:
@@ -50,6 +58,7 @@ class PipelineSupervisor:
         self.workers = {spec.name: WorkerHandle(spec) for spec in specs}
         self.on_event = on_event or (lambda event: None)
         self._mp = multiprocessing.get_context("spawn")
+        self._next_rss_check = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -85,9 +94,9 @@ class PipelineSupervisor:
         log.info("started %s (pid %d)", handle.spec.name, process.pid)
         self._event(handle, "started" if handle.restarts == 0 else "restarted")
 
-    def _event(self, handle: WorkerHandle, event: str, exitcode: int | None = None) -> None:
+    def _event(self, handle: WorkerHandle, event: str, exitcode: int | None = None, pid: int | None = None) -> None:
         self.on_event({"type": "worker", "t": time.time(), "name": handle.spec.name, "event": event,
-                       "pid": handle.pid, "exitcode": exitcode})
+                       "pid": pid or handle.pid, "exitcode": exitcode})
 
     def _schedule_restart(self, handle: WorkerHandle, reason: str) -> None:
         now = time.monotonic()
@@ -119,12 +128,29 @@ class PipelineSupervisor:
                     self._spawn(handle)
                 continue
             if process.exitcode is not None:
-                code = process.exitcode
+                code, pid = process.exitcode, process.pid
                 process.join(0)
                 process.close()
                 handle.process = None
-                self._event(handle, "exited", code)
-                self._schedule_restart(handle, f"exited with code {code}")
+                self._event(handle, "exited", code, pid=pid)
+                if handle.recycle_deadline is not None:  # we stopped it ourselves: back at once, no crash
+                    handle.recycle_deadline = None
+                    if handle.state != "failed":
+                        handle.state = "restarting"
+                    handle.next_start_at = now
+                    log.info("%s recycled (exit code %s); restarting", handle.spec.name, code)
+                else:
+                    self._schedule_restart(handle, f"exited with code {code}")
+                continue
+            if handle.recycle_deadline is not None:
+                if now >= handle.recycle_deadline:
+                    log.warning("%s did not stop within %.1f s of its recycle; killing", handle.spec.name,
+                                self.cfg.stop_timeout_s)
+                    try:
+                        os.kill(handle.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    handle.recycle_deadline = now + 5.0  # the exit is picked up above on a later poll
                 continue
             age = self.heartbeat.age_s(handle.spec.row)
             if age is None:
@@ -137,6 +163,47 @@ class PipelineSupervisor:
                 handle.state = "running"  # it stayed up long enough: it healed
             if age > self.cfg.heartbeat_timeout_s:
                 self._kill_hung(handle, f"heartbeat silent for {age:.1f} s")
+        if self.cfg.rss_limit_mb and now >= self._next_rss_check:
+            self._next_rss_check = now + self.cfg.rss_check_interval_s
+            self._check_rss()
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of every live worker, in MB (psutil)."""
+        out = {}
+        for name, handle in self.workers.items():
+            if handle.process is None or handle.process.exitcode is not None:
+                continue
+            try:
+                out[name] = psutil.Process(handle.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+        return out
+
+    def _check_rss(self) -> None:
+        for name, rss in self.rss_mb().items():
+            handle = self.workers[name]
+            if rss <= self.cfg.rss_limit_mb or handle.recycle_deadline is not None or handle.state == "stopped":
+                continue
+            self.recycle(handle, f"rss {rss:.0f} MB over the {self.cfg.rss_limit_mb} MB limit")
+
+    def recycle(self, handle: WorkerHandle, reason: str) -> None:
+        """Stop a worker gracefully (SIGTERM now, SIGKILL after stop_timeout_s) and restart it at once.
+
+        Never blocks the caller: the exit is collected by a later poll().
+        """
+        log.warning("%s: %s; recycling pid %s", handle.spec.name, reason, handle.pid)
+        if time.monotonic() - handle.started_at < self.cfg.restart_window_s:
+            log.error("%s was recycled %.0f s after its start: its working set may be above [supervisor] "
+                      "rss_limit_mb", handle.spec.name, time.monotonic() - handle.started_at)
+        handle.recycles += 1
+        handle.recycle_deadline = time.monotonic() + self.cfg.stop_timeout_s
+        self.on_event({"type": "error", "t": time.time(), "where": handle.spec.name,
+                       "message": f"{reason}; recycled"})
+        self._event(handle, "recycled")
+        try:
+            os.kill(handle.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
     def _kill_hung(self, handle: WorkerHandle, reason: str) -> None:
         log.warning("%s hung (%s); killing pid %s", handle.spec.name, reason, handle.pid)
@@ -153,6 +220,8 @@ class PipelineSupervisor:
             age = self.heartbeat.age_s(handle.spec.row)
             workers[name] = {"pid": handle.pid, "state": handle.state, "restarts": handle.restarts,
                              "heartbeat_age_s": None if age is None else round(age, 2)}
+            if handle.recycles:
+                workers[name]["recycles"] = handle.recycles
         ok = all(w["state"] == "running" for w in workers.values())
         return {"status": "ok" if ok else "degraded", "workers": workers}
 

@@ -175,6 +175,10 @@ class SkillRunner:
         result = self.run(SkillCall(key, arguments), speaker)
         return result.text if result.status in ("ok", "refused") else f"error: {result.error}"
 
+    def for_speaker(self, speaker: str) -> "SpeakerTools":
+        """The tools as one request's speaker may use them (enrolled-only skills stay checked)."""
+        return SpeakerTools(self, speaker)
+
     # -- description, health, shutdown ---------------------------------------------------
     def describe(self) -> str:
         """One sentence for "what can you do", from the allowed skills."""
@@ -213,3 +217,17 @@ class SkillRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SpeakerTools:
+    """A SkillRunner's tools bound to the speaker of one request: an engine's `toolbox`."""
+
+    def __init__(self, runner: SkillRunner, speaker: str) -> None:
+        self.runner = runner
+        self.speaker = speaker
+
+    def tool_specs(self) -> list[dict[str, Any]]:
+        return self.runner.tool_specs()
+
+    def call_tool(self, name: str, arguments: dict[str, Any] | str | None) -> str:
+        return self.runner.call_tool(name, arguments, self.speaker)

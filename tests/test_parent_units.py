@@ -14,7 +14,8 @@ from pipeline.config import ConfigError, load_config
 from pipeline.coordinator import FRIENDLY_FAILURE, Coordinator
 from pipeline.latency import LatencyTracker
 from pipeline.messages import (
-    Cancel, DecodeError, LlmDone, LlmRequest, StartListening, Token, Transcript, WakeDetected, decode, encode,
+    Cancel, DecodeError, LlmDone, LlmRequest, SpeakerResult, StartListening, Token, Transcript, WakeDetected,
+    WakeVerdict, decode, encode,
 )
 from pipeline.metrics_store import MetricsStore
 
@@ -124,8 +125,11 @@ class Recorder:
         self.events.append(event)
 
 
-def make_coordinator(tmp_path, **llm):
-    config = load_config(None, environ={f"VIGIL_LLM__{k.upper()}": str(v) for k, v in llm.items()})
+def make_coordinator(tmp_path, env: dict | None = None, **llm):
+    """Single-stage wake and no speaker ID unless `env` turns them on: most tests are about one part."""
+    environ = {"VIGIL_WAKE__VERIFY": "off", "VIGIL_SPEAKER__ENABLED": "false", **(env or {})}
+    environ.update({f"VIGIL_LLM__{k.upper()}": str(v) for k, v in llm.items()})
+    config = load_config(None, environ=environ)
     rec = Recorder()
     store = MetricsStore(tmp_path, "test")
     return Coordinator(config, rec.send, rec.emit, LatencyTracker(), store), rec, store
@@ -237,4 +241,166 @@ def test_answer_started_on_a_partial_is_held_until_the_final_confirms_it(tmp_pat
     assert rec.sent[-2] == ("llm", Cancel(2, 1))
     assert rec.sent[-1][1].text == "what time is it in Paris" and rec.sent[-1][1].request == 2
     assert coord.speculation_misses == 1
+    store.close()
+
+
+# ---- two-stage wake and speaker ID in the coordinator -----------------------------------------
+
+
+TWO_STAGE = {"VIGIL_WAKE__VERIFY": "whisper", "VIGIL_SPEAKER__ENABLED": "true"}
+
+
+def sent_to(rec, worker, kind):
+    return [m for w, m in rec.sent if w == worker and isinstance(m, kind)]
+
+
+def test_a_proposal_becomes_a_wake_only_when_the_verifier_accepts(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=40, score=0.3, engine="oww", audio_ns=now, detected_ns=now))
+    assert sent_to(rec, "stt", StartListening) == [StartListening(1, 40, now, verify=True)]
+    assert not rec.events and not sent_to(rec, "speaker", StartListening)  # nothing said before the verdict
+    coord.handle(Transcript(1, "hey", False, now, now, 10.0, "partial"))  # too early: ignored
+    coord.handle(WakeVerdict(1, True, 0.93, "Hey Jarvis, what time", 180.0, time.monotonic_ns()))
+    assert [e["type"] for e in rec.events] == ["wake"]
+    assert rec.events[0]["verify_score"] == 0.93 and rec.events[0]["score"] == 0.3
+    assert len(sent_to(rec, "stt", StartListening)) == 1  # STT is already listening to this session
+    assert sent_to(rec, "speaker", StartListening)[0].session == 1
+    # Speaker ID answers before the transcript: its name goes with the request.
+    coord.handle(SpeakerResult(1, "ada", 0.88, "resemblyzer", now, time.monotonic_ns(), 30.0))
+    coord.handle(Transcript(1, "what time is it", True, time.monotonic_ns() - 600_000_000, time.monotonic_ns(), 9.0))
+    assert sent_to(rec, "llm", LlmRequest)[-1].speaker == "ada"
+    assert [e["type"] for e in rec.events] == ["wake", "speaker", "transcript"]
+    assert rec.events[1]["name"] == "ada" and rec.events[1]["score"] == 0.88
+    store.close()
+
+
+def test_a_sure_proposal_is_accepted_at_once_without_the_verifier(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=40, score=0.99, engine="oww", audio_ns=now, detected_ns=now, sure=True))
+    assert sent_to(rec, "stt", StartListening) == [StartListening(1, 40, now, verify=False)]
+    assert rec.events[0]["type"] == "wake" and rec.events[0]["verify_score"] is None
+    assert coord.wake_proposals == 0
+    store.close()
+
+
+def test_a_rejected_proposal_ends_silently_and_is_counted(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=7, score=0.2, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(WakeVerdict(1, False, 0.1, "I bought jars of honey", 150.0, now))
+    assert rec.events == [{**rec.events[0], "type": "wake_rejected", "seq": 7, "score": 0.2,
+                           "heard": "I bought jars of honey", "verify_score": 0.1}]
+    assert coord.idle() and coord.wake_rejections == 1
+    coord.handle(Transcript(1, "bought jars of honey", True, now, now, 9.0))  # a straggler changes nothing
+    assert not sent_to(rec, "llm", LlmRequest) and len(rec.events) == 1
+    store.close()
+
+
+@pytest.mark.parametrize("score,accepted", [(0.8, True), (0.2, False)])
+def test_a_late_verifier_leaves_the_decision_to_the_proposer_threshold(tmp_path, score, accepted):
+    coord, rec, store = make_coordinator(tmp_path, env={**TWO_STAGE, "VIGIL_WAKE__VERIFY_DEADLINE_S": "0.05"})
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=7, score=score, engine="oww", audio_ns=now, detected_ns=now))
+    time.sleep(0.1)
+    coord.check_deadlines()
+    assert coord.verify_faults == 1
+    assert [e["type"] for e in rec.events] == ["wake" if accepted else "wake_rejected"]
+    if accepted:  # STT (perhaps restarted) is told again, without a second check
+        assert sent_to(rec, "stt", StartListening)[-1] == StartListening(1, 7, now, verify=False)
+        assert rec.events[0]["verify_score"] is None
+    else:
+        assert ("stt", Cancel(1)) in rec.sent and coord.idle()
+    store.close()
+
+
+def test_a_failed_verifier_is_a_counted_fault_not_a_rejection(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=7, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(WakeVerdict(1, False, -1.0, "error: boom", 1.0, now))
+    assert [e["type"] for e in rec.events] == ["wake"] and coord.verify_faults == 1
+    assert len(sent_to(rec, "stt", StartListening)) == 1  # STT kept listening after its own fault
+    store.close()
+
+
+def test_proposals_while_someone_is_heard_do_not_interrupt(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=7, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(WakeVerdict(1, True, 0.9, "hey jarvis", 100.0, now))
+    coord.handle(WakeDetected(seq=20, score=0.2, engine="oww", audio_ns=now, detected_ns=now))
+    assert coord.proposals_ignored == 1 and len(sent_to(rec, "stt", StartListening)) == 1
+    store.close()
+
+
+def test_the_answer_waits_for_speaker_id_only_until_its_deadline(tmp_path):
+    coord, rec, store = make_coordinator(tmp_path, env={**TWO_STAGE, "VIGIL_SPEAKER__DEADLINE_MS": "200"})
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=7, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(WakeVerdict(1, True, 0.9, "hey jarvis", 100.0, now))
+    # Speech ended just now: the transcript may wait up to 200 ms for the speaker...
+    coord.handle(Transcript(1, "what time is it", True, time.monotonic_ns(), time.monotonic_ns(), 9.0))
+    assert not sent_to(rec, "llm", LlmRequest)
+    coord.handle(SpeakerResult(1, "ada", 0.9, "resemblyzer", now, time.monotonic_ns(), 30.0))
+    assert sent_to(rec, "llm", LlmRequest)[-1].speaker == "ada"  # ...and goes on the moment it comes
+    # A second session whose speaker never answers goes on as "unknown" at the deadline.
+    coord.handle(WakeDetected(seq=70, score=0.9, engine="oww", audio_ns=now, detected_ns=now))
+    coord.handle(WakeVerdict(2, True, 0.9, "hey jarvis", 100.0, now))
+    end = time.monotonic_ns()
+    coord.handle(Transcript(2, "what day is it", True, end, end, 9.0))
+    while not [m for m in sent_to(rec, "llm", LlmRequest) if m.session == 2]:
+        coord.tick()
+        assert time.monotonic_ns() - end < 1_000_000_000
+    waited_ms = (time.monotonic_ns() - end) / 1e6
+    assert 150 <= waited_ms < 400 and sent_to(rec, "llm", LlmRequest)[-1].speaker == "unknown"
+    assert coord.speaker_late == 1
+    store.close()
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("audio", "ring_seconds", "1e300"), ("audio", "frame_samples", str(10**9)), ("llm", "max_tokens", str(10**9)),
+    ("supervisor", "heartbeat_timeout_s", "1e12"), ("supervisor", "stop_timeout_s", "1e9"),
+    ("llm", "total_timeout_s", "1e15"), ("stt", "max_utterance_s", "1e6"), ("skills", "pool_size", str(10**6)),
+    ("supervisor", "rss_limit_mb", str(10**12)), ("metrics", "retention_sessions", str(10**12)),
+])
+def test_absurd_but_finite_config_values_are_refused_naming_the_key(tmp_path, section, key, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={f"VIGIL_{section.upper()}__{key.upper()}": value})
+    assert f"[{section}] {key}" in str(err.value) and "too large" in str(err.value)
+    toml = tmp_path / "vigil.toml"  # the same through the file, with the number as TOML writes it
+    toml.write_text(f"[{section}]\n{key} = {value if '.' in value or 'e' in value else int(value)}\n")
+    with pytest.raises(ConfigError, match=rf"\[{section}\] {key}"):
+        load_config(toml, environ={})
+
+
+def test_config_maximums_admit_the_defaults_and_generous_values():
+    from pipeline.config import _MAXIMUM, Config
+
+    defaults = Config()
+    for (section, key), cap in _MAXIMUM.items():
+        if hasattr(getattr(defaults, section), key):
+            assert getattr(getattr(defaults, section), key) <= cap, (section, key)
+    config = load_config(None, environ={"VIGIL_AUDIO__RING_SECONDS": "600", "VIGIL_LLM__MAX_TOKENS": "8192",
+                                        "VIGIL_SUPERVISOR__RSS_LIMIT_MB": "0", "VIGIL_BENCH__IDLE_S": "86400"})
+    assert config.audio.ring_seconds == 600.0 and config.llm.max_tokens == 8192 and config.supervisor.rss_limit_mb == 0
+
+
+def test_a_request_being_heard_when_stt_dies_is_handed_to_the_restarted_stt(tmp_path):
+    """Chaos found it: a killed STT took the session's StartListening with it, and later wakes were
+    ignored ("a request is being heard") for the whole listening deadline. Now the new STT gets it again."""
+    coord, rec, store = make_coordinator(tmp_path)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=40, score=0.97, engine="oww", audio_ns=now, detected_ns=now + 5))
+    first = rec.sent[-1][1]
+    assert isinstance(first, StartListening)
+    coord.worker_exited("llm")  # nothing to hand over: the LLM's own deadline covers it
+    coord.worker_exited("stt")
+    assert rec.sent[-1] == ("stt", StartListening(session=first.session, wake_seq=40, wake_ns=now + 5))
+    coord.handle(Transcript(first.session, "what time is it", True, now + 2_000_000_000, now + 2_500_000_000, 90.0))
+    assert rec.sent[-1][0] == "llm"  # the new STT's transcript goes on to an answer as usual
+    sent = len(rec.sent)
+    coord.worker_exited("stt")  # no request is being heard any more: nothing to resend
+    assert len(rec.sent) == sent
     store.close()

@@ -115,6 +115,18 @@ def message_producer(name: str, tag: str, count: int, size: int) -> None:
     ring.close()
 
 
+def audio_writer_from(name: str, count: int) -> None:
+    """Write ``count`` frames (forever when < 0) as fast as possible, continuing from the ring's write_seq."""
+    ring = AudioRing.attach(name)
+    fs = ring.frame_samples
+    k = 0
+    while count < 0 or k < count:
+        s = ring.write_seq
+        ring.write(expected_samples(s, fs), capture_ns=10**9 + s)
+        k += 1
+    ring.close()
+
+
 # ---------------------------------------------------------------- segments
 
 
@@ -562,3 +574,86 @@ def test_controller_creates_reports_and_unlinks():
         reader.close()
         assert len(segments_of(os.getpid())) >= 2
     assert not any(TOKEN in n for n in vigil_segments())
+
+
+def test_writers_sigkilled_in_a_tight_write_loop_leave_nothing_a_reader_takes_and_successors_continue():
+    """kill -9 lands mid-write (the writers never wait); readers reading concurrently get only intact
+    data, nothing is counted corrupt, and a restarted writer carries on from where the ring stands."""
+    fs = 512
+    audio = AudioRing.create(seg("killaudio"), frame_samples=fs, capacity=64, max_readers=2)
+    msgs = MessageRing.create(seg("killmsg"), slots=64, slot_size=1024, policy=Policy.DROP_OLDEST)
+    procs = [CTX.Process(target=audio_writer_from, args=(audio.name, -1)),
+             CTX.Process(target=message_producer, args=(msgs.name, "A", -1, 1000))]
+    reader = audio.reader(start=0, slot=0)
+    frames: list[int] = []
+    texts: list[bytes] = []
+    bad = 0
+
+    def drain(seconds: float) -> None:
+        nonlocal bad
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            frame = reader.read()
+            if frame is not None:
+                frames.append(frame.seq)
+                if frame.capture_ns != 10**9 + frame.seq or not np.array_equal(frame.samples,
+                                                                              expected_samples(frame.seq, fs)):
+                    bad += 1
+            msg = msgs.get()
+            if msg is not None:
+                texts.append(msg)
+
+    try:
+        for p in procs:
+            p.start()
+        for round_ in range(5):  # several kills at arbitrary moments of the loops
+            w0, p0 = audio.write_seq, msgs.stats().puts
+            until = time.monotonic() + 20
+            while (audio.write_seq < w0 + 200 or msgs.stats().puts < p0 + 200) and time.monotonic() < until:
+                drain(0.01)  # both writers are writing flat out
+            drain(0.05 + 0.05 * round_)
+            assert procs[0].is_alive() and procs[1].is_alive()
+            assert audio.write_seq >= w0 + 200 and msgs.stats().puts >= p0 + 200
+            for p in procs:
+                os.kill(p.pid, signal.SIGKILL)
+            for p in procs:
+                p.join(10)
+            assert [p.exitcode for p in procs] == [-signal.SIGKILL] * 2
+            drain(0.05)
+            procs = [CTX.Process(target=audio_writer_from, args=(audio.name, -1)),
+                     CTX.Process(target=message_producer, args=(msgs.name, "A", -1, 1000))]
+            for p in procs:
+                p.start()
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)  # the successors of the last round, wherever they are
+            p.join(10)
+        drain(0.05)
+        # The last successors write a known tail, then exit normally.
+        tail_from = audio.write_seq
+        last = [CTX.Process(target=audio_writer_from, args=(audio.name, 20)),
+                CTX.Process(target=message_producer, args=(msgs.name, "B", 30, 1000))]
+        for p in last:
+            p.start()
+        for p in last:
+            p.join(20)
+            assert p.exitcode == 0
+        drain(0.2)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        reader.close()
+        stats = msgs.stats()
+        audio.close()
+        audio.unlink()
+        msgs.close()
+        msgs.unlink()
+    assert bad == 0, "a torn audio frame was returned"
+    assert frames == sorted(set(frames)) and len(frames) > 100
+    assert frames[-20:] == list(range(tail_from, tail_from + 20))  # the successor continued the sequence
+    assert stats.corrupt == 0  # a killed producer never publishes a torn slot
+    a = [m for m in texts if m.startswith(b"A:")]
+    b = [m for m in texts if m.startswith(b"B:")]
+    assert len(a) > 100 and all(len(m) == 1000 and m.endswith(b"x" * 900) for m in texts)
+    assert [int(m.split(b":")[1]) for m in b] == list(range(30))

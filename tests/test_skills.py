@@ -418,6 +418,10 @@ def test_enrolled_only_refuses_unknown_and_accepts_alice():
         assert r.answer("Set a timer for 5 minutes", "alice").text == "OK, 5 minute timer started."
         assert r.answer("what time is it", "unknown").status == "ok"
         assert r.call_tool("timer", {"action": "remaining"}, "unknown") == "Sorry, only enrolled users can use timers."
+        # Tools offered to an LLM are bound to the request's speaker: the same rule holds.
+        assert r.for_speaker("unknown").call_tool("timer", {"action": "remaining"}).startswith("Sorry, only enrolled")
+        assert not r.for_speaker("alice").call_tool("timer", {"action": "remaining"}).startswith("Sorry")
+        assert r.for_speaker("alice").tool_specs() == r.tool_specs()
     finally:
         r.close()
 

@@ -94,3 +94,31 @@ def test_sigstopped_worker_is_detected_and_stop_kills_everything(heartbeat):
         took = time.monotonic() - started
     assert took < 5
     assert not [p for p in pids + [frozen] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+def test_worker_over_its_rss_limit_is_recycled_gracefully_without_spending_the_budget(heartbeat):
+    """LeakyWorker grows 100 MB/s; over the limit it gets SIGTERM, exits cleanly, and is back at once."""
+    sup, events = make(heartbeat, {"steady": "healthy", "leaky": "leak"}, rss_limit_mb=200, rss_check_interval_s=0.2,
+                       restart_budget=1, backoff_initial_s=5, heartbeat_timeout_s=5)
+    sup.start()
+    try:
+        steady = sup.workers["steady"].pid
+        first = sup.workers["leaky"].pid
+        assert poll_until(sup, lambda: sup.workers["leaky"].restarts >= 2 and sup.workers["leaky"].state == "running",
+                          40), (sup.health(), events)
+        errors = [e for e in events if e["type"] == "error" and e["where"] == "leaky"]
+        assert errors and "rss" in errors[0]["message"] and "recycled" in errors[0]["message"], errors
+        exits = [e for e in events if e.get("event") == "exited" and e["name"] == "leaky"]
+        assert exits and all(e["exitcode"] == 0 for e in exits), exits  # SIGTERM honoured: a clean exit
+        recycled = [e for e in events if e.get("event") == "recycled" and e["name"] == "leaky"]
+        assert len(recycled) >= 2
+        handle = sup.workers["leaky"]
+        # Not a crash: no backoff (5 s here) and no entry in the budget, so restart_budget=1 never marks it failed.
+        assert not handle.recent_restarts and handle.state != "failed"
+        assert handle.pid != first and sup.health()["workers"]["leaky"]["recycles"] >= 2
+        assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+        assert sup.workers["steady"].pid == steady and sup.workers["steady"].recycles == 0
+        assert all(rss < 200 for name, rss in sup.rss_mb().items() if name == "steady")
+    finally:
+        sup.stop()
+    assert all(h.process is None for h in sup.workers.values())

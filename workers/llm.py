@@ -295,6 +295,8 @@ def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest, backlog: 
         done = deliver(ctx, request, spoken, route=skill.route, backlog=backlog, helpers=helpers)
         return dataclasses.replace(done, degraded=done.degraded or skill.degraded)
     messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": request.text}]
+    if skills is not None and getattr(engine, "toolbox", None) is not None:
+        engine.toolbox = skills.for_speaker(request.speaker)  # tools obey enrolled_only like skills do
 
     def produce(on_token: Callable[[str], bool]) -> StreamResult:
         return engine.stream(messages, on_token, max_tokens=cfg.max_tokens)
@@ -323,6 +325,10 @@ def run(ctx: WorkerContext) -> None:
     engine = make_engine(ctx)
     announcements: queue.SimpleQueue[str] = queue.SimpleQueue()  # timer threads must not write the ring
     skills = SkillRunner.from_config(ctx.config, announce=announcements.put)
+    if ctx.config.llm.tools:  # [llm] tools: the allowed skills offered as LLM tools
+        from workers.llm_tools import with_tools
+
+        engine = with_tools(engine, skills)
     try:
         serve(ctx, engine, skills, announcements)
     finally:

@@ -38,7 +38,8 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 GGUF_MAGIC = b"GGUF"
 SAMPLING_KEYS = frozenset({"temperature", "repeat_penalty", "top_p", "top_k", "min_p", "seed", "stop",
-                           "presence_penalty", "frequency_penalty"})
+                           "presence_penalty", "frequency_penalty",
+                           "response_format", "grammar"})  # constrained replies (serve-llm's tool calling)
 
 
 class LlmError(RuntimeError):

@@ -26,6 +26,16 @@ shaped it (ollama 0.6.x client, see DESIGN.md "ollama client facts"):
   a line that is not a chat chunk                 ``malformed stream:``
   stream ends without ``done``                    ``stream broken:``
   ==============================================  ===================
+
+Tool calling (``[llm] tools = true``, :meth:`OllamaLlm.use_tools`): the allowed skills are
+offered as ``tools``; when the reply is ``message.tool_calls`` instead of text, each call runs
+through ``SkillRunner.call_tool`` (the skill's own deadline, bounded pool), the results are
+appended as ``role: "tool"`` messages and a second streamed request gives the answer, whose
+tokens stream as usual. One tool round per turn. A tool that raises, hangs or is refused
+ends the turn with ``finish_reason="error"`` (``tool:``), so the worker streams its short
+friendly answer at once instead of asking a small model to phrase an error. All of it runs
+inside the one ``stream()`` call, so the worker's first-token/total deadlines and its
+cancellation cover the tool round too.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import time
 from typing import Any, Callable
 
 from workers.llm_engines import FinishReason, StreamResult
+from workers.llm_tools import MAX_TOOL_CALLS, TOOL_PREFIX, run_tool_calls
 
 log = logging.getLogger("vigil.llm")
 
@@ -126,17 +137,29 @@ class OllamaLlm:
         self.keep_alive = keep_alive if keep_alive not in ("",) else None
         self.options = dict(options or {})
         self.warm_error: str | None = None
+        self.toolbox: Any = None  # a SkillRunner (tool_specs/call_tool) when tools are on
+        self.tool_log: list[dict[str, Any]] = []  # recent tool calls: name, arguments, result, ms
         self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
         # Warming may have to wait for the server to load the model from disk.
         self._warm_client = ollama.Client(host=self.host, timeout=max(self.timeout_s, warm_timeout_s))
 
+    def use_tools(self, toolbox: Any) -> None:
+        """Offer ``toolbox.tool_specs()`` as tools and run calls with ``toolbox.call_tool`` (None: off)."""
+        self.toolbox = toolbox
+
+    def _tool_specs(self) -> list[dict[str, Any]] | None:
+        if self.toolbox is None:
+            return None
+        return self.toolbox.tool_specs() or None
+
     def warm(self, system_prompt: str) -> None:
-        """A 1-token request: the server loads the model and caches the system-prompt prefix.
+        """A 1-token request: the server loads the model and caches the system-prompt prefix
+        (with the tool list when tools are on: it is part of the prefix).
 
         Never raises (the server may come up later); the reason is kept in ``warm_error``.
         """
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": "hi"}]
-        result = self._stream(self._warm_client, messages, lambda _t: False, 1)
+        result, _calls = self._stream_once(self._warm_client, messages, lambda _t: False, 1, self._tool_specs())
         self.warm_error = result.error
         if result.error:
             log.warning("ollama warm-up at %s (model %s) failed: %s", self.host, self.model, result.error)
@@ -147,10 +170,40 @@ class OllamaLlm:
         on_token: Callable[[str], bool],
         max_tokens: int = 96,
     ) -> StreamResult:
-        return self._stream(self._client, messages, on_token, max_tokens)
+        tools = self._tool_specs()
+        if tools is None:
+            return self._stream_once(self._client, messages, on_token, max_tokens)[0]
+        return self._stream_with_tools(messages, on_token, max_tokens, tools)
 
-    def _stream(self, client, messages: list[dict], on_token: Callable[[str], bool], max_tokens: int) -> StreamResult:
+    def _stream_with_tools(self, messages: list[dict], on_token: Callable[[str], bool], max_tokens: int,
+                           tools: list[dict[str, Any]]) -> StreamResult:
+        """Ask with tools; on tool calls run them and ask again (answer streamed as usual)."""
+        t0 = time.perf_counter()
+        first = self._stream_once(self._client, messages, on_token, max_tokens, tools)
+        result, calls = first
+        if result.finish_reason != "stop" or not calls:
+            return result
+        added, failures = run_tool_calls(self.toolbox, calls[:MAX_TOOL_CALLS], self.tool_log)
+        if failures:  # the worker streams the friendly answer; no second request to phrase an error
+            return StreamResult(text=result.text, n_tokens=result.n_tokens, finish_reason="error",
+                                first_token_ms=result.first_token_ms,
+                                total_ms=(time.perf_counter() - t0) * 1000.0,
+                                error=f"{TOOL_PREFIX} {'; '.join(failures)}")
+        added[0]["content"] = result.text  # the assistant turn: any text it said, then its calls
+        history = list(messages) + added
+        second, _more = self._stream_once(self._client, history, on_token, max_tokens, tools)
+        first_ms = result.first_token_ms
+        if first_ms is None and second.first_token_ms is not None:
+            first_ms = (time.perf_counter() - t0) * 1000.0 - second.total_ms + second.first_token_ms
+        return StreamResult(text=result.text + second.text, n_tokens=result.n_tokens + second.n_tokens,
+                            finish_reason=second.finish_reason, first_token_ms=first_ms,
+                            total_ms=(time.perf_counter() - t0) * 1000.0, error=second.error)
+
+    def _stream_once(self, client, messages: list[dict], on_token: Callable[[str], bool], max_tokens: int,
+                     tools: list[dict[str, Any]] | None = None) -> tuple[StreamResult, list[dict[str, Any]]]:
+        """One streamed request: the result and the tool calls ({"name", "arguments"}) it asked for."""
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []
         first: float | None = None
         done_reason: str | None = None
         eval_count: int | None = None
@@ -164,10 +217,13 @@ class OllamaLlm:
                 stream=True,
                 keep_alive=self.keep_alive,
                 options={**self.options, "num_predict": int(max_tokens)},
+                **({"tools": tools} if tools else {}),
             )
             # closing(): leaving the loop early closes the HTTP response, so the server stops generating.
             with contextlib.closing(chunks):
                 for chunk in chunks:
+                    for call in (chunk.message.tool_calls if chunk.message is not None else None) or ():
+                        calls.append({"name": call.function.name, "arguments": dict(call.function.arguments or {})})
                     text = chunk.message.content if chunk.message is not None else None
                     if text:
                         if first is None:
@@ -201,7 +257,7 @@ class OllamaLlm:
             first_token_ms=None if first is None else (first - t0) * 1000.0,
             total_ms=total_ms,
             error=error,
-        )
+        ), calls
 
     def close(self) -> None:
         for client in (self._client, self._warm_client):

@@ -4,6 +4,11 @@ It reads the same audio frames the wake-word worker saw (from the wake frame min
 pre-roll), so nothing is copied through the parent. Silero VAD decides where speech ends;
 `speech_end_ns` is the capture time of the last voiced sample, the start of the headline
 span speech end → first token.
+
+With two-stage wake, STT is also the verifier: for a proposed wake it first checks the wake
+phrase (the ~2 s before the proposing frame, plus a little after) and answers with a
+`WakeVerdict`; the request's own frames keep arriving in the ring meanwhile, so the check
+costs the answer nothing unless the request is shorter than the check.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.messages import Cancel, StartListening, Transcript
+from pipeline.messages import Cancel, StartListening, Transcript, WakeVerdict
 from workers.runtime import WorkerContext
 from workers.vad import Endpointer, SileroVad
 from workers.whisper_engine import WhisperEngine
@@ -81,14 +86,45 @@ def speculate(ctx: WorkerContext, engine: WhisperEngine, endpointer: Endpointer,
                             round(compute_ms, 1), "partial"))
 
 
+class WakeCheck:
+    """The audio of a proposed wake phrase, gathered frame by frame until the verifier can judge it."""
+
+    def __init__(self, request: StartListening, frame_samples: int) -> None:
+        from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
+
+        self.request = request
+        self.frames_before = int(np.ceil(WINDOW_BEFORE_S * 16_000 / frame_samples))
+        self.last_seq = request.wake_seq + int(np.ceil(WINDOW_AFTER_S * 16_000 / frame_samples))
+        self.frames: list[np.ndarray] = []
+
+    def feed(self, seq: int, samples: np.ndarray) -> bool:
+        """Collect a frame; True once the window is complete."""
+        self.frames.append(samples)
+        return seq >= self.last_seq
+
+    def judge(self, verifier) -> WakeVerdict:
+        session = self.request.session
+        started = time.perf_counter()
+        if verifier is None:
+            return WakeVerdict(session, False, -1.0, "error: no verifier", 0.0, time.monotonic_ns())
+        try:
+            verdict = verifier.check(np.concatenate(self.frames))
+        except Exception as exc:  # a broken verifier must never stop wake: the coordinator falls back
+            return WakeVerdict(session, False, -1.0, f"error: {exc}"[:200],
+                               round((time.perf_counter() - started) * 1000, 1), time.monotonic_ns())
+        return WakeVerdict(session, bool(verdict.accepted), round(float(verdict.score), 3), verdict.heard[:200],
+                           round(float(verdict.compute_ms), 1), time.monotonic_ns())
+
+
 def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEngine,
-           request: StartListening) -> Transcript | None:
-    """Read frames until speech ends; None when the session was cancelled or we must stop."""
+           request: StartListening, verifier=None) -> Transcript | None:
+    """Read frames until speech ends; None when the session was cancelled, rejected or we must stop."""
     cfg = ctx.config.stt
     fs = ctx.audio.frame_samples
     preroll = int(round(cfg.preroll_s * 16_000 / fs))
-    reader.seek(request.wake_seq + 1 - preroll)
-    session = Session(request, reader.cursor, fs)
+    check = WakeCheck(request, fs) if request.verify else None
+    reader.seek(request.wake_seq + 1 - max(preroll, check.frames_before if check else 0))
+    session = Session(request, max(reader.cursor, request.wake_seq + 1 - preroll), fs)
     endpointer.reset()
     deadline = time.monotonic() + cfg.max_utterance_s + cfg.no_speech_timeout_s + 5.0
     while not ctx.should_stop():
@@ -97,12 +133,22 @@ def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEn
         if isinstance(message, Cancel) and message.session == request.session:
             return None
         if isinstance(message, StartListening):  # a newer wake supersedes this one (barge-in)
-            return listen(ctx, reader, endpointer, engine, message)
+            return listen(ctx, reader, endpointer, engine, message, verifier)
         if time.monotonic() > deadline:  # audio stopped flowing: do not listen forever
             return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
         frame = reader.read_wait(0.1)
         if frame is None:
             continue
+        if check is not None and check.feed(frame.seq, frame.samples):
+            verdict = check.judge(verifier)
+            check = None
+            ctx.log.info("wake verdict: %s (score %.2f, %.0f ms, heard %r)",
+                         "accept" if verdict.accepted else "reject", verdict.score, verdict.compute_ms, verdict.heard)
+            ctx.send(verdict)
+            if not verdict.accepted and verdict.score >= 0:
+                return None  # rejected: nobody is asking anything
+        if frame.seq < session.first_seq:
+            continue  # the verifier's lead-in: before the request's pre-roll
         session.frames.append(frame.samples)
         session.capture_ns.append(frame.capture_ns)
         endpoint = endpointer.feed(frame.samples)
@@ -135,6 +181,14 @@ def run(ctx: WorkerContext) -> None:
     endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=cfg.end_silence_ms,
                             no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
                             frame_samples=ctx.audio.frame_samples)
+    verifier = None
+    if ctx.config.wake.verify == "whisper":
+        try:
+            from workers.wake_verify import WakeVerifier
+
+            verifier = WakeVerifier(engine)
+        except Exception:  # counted per proposal by the coordinator; wake goes on single-stage
+            ctx.log.exception("wake verifier unavailable; the proposer's threshold decides")
     reader = ctx.audio.reader(slot=ctx.spec.audio_slot)
     reader.set_active(False)
     while not ctx.should_stop():
@@ -144,7 +198,7 @@ def run(ctx: WorkerContext) -> None:
             continue
         reader.set_active(True)
         try:
-            result = listen(ctx, reader, endpointer, engine, message)
+            result = listen(ctx, reader, endpointer, engine, message, verifier)
         finally:
             reader.set_active(False)
         if result is not None:

@@ -28,6 +28,7 @@ MAX_AUDIO_CTX = 1500  # 30 s: whisper's full window
 MIN_AUDIO_CTX = 512  # smaller contexts measurably hurt tiny.en (wrong words, repetition loops)
 AUDIO_CTX_MARGIN = 64  # frames (1.28 s) beyond the clip
 MIN_CLIP_S = 0.1
+MAX_TOKENS = 128  # per transcription (see the decode params)
 
 
 def audio_ctx_for(n_samples: int) -> int:
@@ -61,9 +62,13 @@ class WhisperEngine:
             greedy={"best_of": 1},
             temperature=0.0,
             print_realtime=False,
+            # A decode that loops ("Jarvis Jarvis Jarvis…" on noise) must end: a 12 s request is
+            # ~60 words, and an unbounded loop runs to 448 tokens — seconds with the worker deaf.
+            max_tokens=MAX_TOKENS,
         )
         if initial_prompt:  # the binding rejects None
             params["initial_prompt"] = initial_prompt
+        self._initial_prompt = initial_prompt or ""
         self._model = Model(str(path), n_threads=n_threads, print_progress=False,
                             redirect_whispercpp_logs_to=None, **params)
 
@@ -75,6 +80,37 @@ class WhisperEngine:
         with self._lock:
             segments = self._model.transcribe(samples, audio_ctx=audio_ctx_for(samples.size))
         return "".join(seg.text for seg in segments).strip()
+
+    def transcribe_tokens(self, audio: np.ndarray, initial_prompt: str | None = None,
+                          max_tokens: int = MAX_TOKENS) -> tuple[str, list[tuple[str, float]]]:
+        """Text and its tokens with their probabilities, decoded with ``initial_prompt`` for this call only.
+
+        Decode params persist in pywhispercpp, so the prompt is set for this call and the
+        engine's own prompt (or none) is put back before the lock is released: a later
+        ``transcribe()`` never inherits it.  Special tokens ([_EOT_] ...) are left out.
+        """
+        samples = _as_float32(audio)
+        if samples.size < MIN_CLIP_S * SAMPLE_RATE:
+            return "", []
+        import _pywhispercpp as pw
+
+        with self._lock:
+            try:
+                segments = self._model.transcribe(samples, audio_ctx=audio_ctx_for(samples.size),
+                                                  initial_prompt=initial_prompt or "", max_tokens=max_tokens)
+                ctx = self._model._ctx
+                tokens = []
+                for i in range(pw.whisper_full_n_segments(ctx)):
+                    for j in range(pw.whisper_full_n_tokens(ctx, i)):
+                        text = pw.whisper_full_get_token_text(ctx, i, j)
+                        if isinstance(text, bytes):
+                            text = text.decode("utf-8", errors="replace")
+                        if text.startswith("[_") or text.startswith("<|"):
+                            continue
+                        tokens.append((text, float(pw.whisper_full_get_token_p(ctx, i, j))))
+            finally:
+                self._model._set_params({"initial_prompt": self._initial_prompt, "max_tokens": MAX_TOKENS})
+        return "".join(seg.text for seg in segments).strip(), tokens
 
 
 def _as_float32(audio: np.ndarray) -> np.ndarray:

@@ -1,0 +1,487 @@
+"""STT studies for issue 5: model × decoding WER, endpointing engines and silences, streaming.
+
+    python -m bench.stt_study wer        [--limit N]   # tiny.en vs base, greedy vs beam 5, per voice
+    python -m bench.stt_study endpoint                 # Silero vs webrtcvad; end_silence 400/500/700
+    python -m bench.stt_study streaming [--rounds N]   # real pipeline, quick corpus, speculative on/off
+    python -m bench.stt_study all
+
+Results go to ``bench/out/stt_study/<study>.json`` and ``<study>.md`` (the printed table).
+Timings come from a shared 2-core box: absolute numbers are noisy; compare the ratios of
+one run (every configuration of a study runs interleaved, utterance by utterance).
+
+Ground truth is the full bench corpus (``bench.corpus.build_default_corpus(quick=False)``,
+cached at ``~/.cache/vigil/corpus-full``): 72 wake utterances from 8 espeak-ng/flite voices,
+each "Hey Jarvis, <request>" with the request's transcript and ``speech_end_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out" / "stt_study"
+RATE = 16_000
+
+
+def corpus_dir(quick: bool = False) -> Path:
+    from bench.corpus import build_default_corpus
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vigil"
+    manifest = Path(build_default_corpus(cache / ("corpus-quick" if quick else "corpus-full"), quick=quick,
+                                         progress=False))
+    return manifest.parent if manifest.name == "manifest.jsonl" else manifest
+
+
+def load_manifest(directory: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (directory / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["path"] = str(directory / row["wav"])
+    return rows
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def save(name: str, data: dict, table: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (OUT / f"{name}.md").write_text(table + "\n")
+    print(table)
+    print(f"\nsaved {OUT / (name + '.json')} and .md")
+
+
+# --------------------------------------------------------------------------- 1. WER: model x decoding
+
+
+def make_decoder(model: Path, beam: int, threads: int):
+    """A WhisperEngine (validated file, audio_ctx sizing, float32 input); beam > 1 swaps in beam search."""
+    from workers.whisper_engine import WhisperEngine
+
+    engine = WhisperEngine(model, n_threads=threads)
+    if beam > 1:
+        from pywhispercpp.model import Model
+
+        engine._model = Model(str(engine.model_path), n_threads=threads, print_progress=False,
+                              redirect_whispercpp_logs_to=None, params_sampling_strategy=1,
+                              beam_search={"beam_size": beam, "patience": -1.0}, language="en",
+                              no_timestamps=True, single_segment=True, no_context=True, temperature=0.0,
+                              print_realtime=False)
+    return engine
+
+
+WAKE_FRAME = 1280
+PREROLL_FRAMES = 4  # round(0.3 s * 16000 / 1280), as workers/stt.py computes it
+
+
+def wake_frames(rows: list[dict], threshold: float = 0.5) -> dict[str, int | None]:
+    """Where openWakeWord (the default engine) fires in each file, as the pipeline would see it."""
+    from workers.audio_sources import load_wav
+    from workers.wake_engines import OpenWakeWordEngine
+
+    engine = OpenWakeWordEngine()
+    found: dict[str, int | None] = {}
+    for row in rows:
+        engine.reset()
+        audio = np.concatenate([np.zeros(RATE * 2, np.int16), load_wav(row["path"])])  # warm-up lead
+        found[row["wav"]] = None
+        for f in range(len(audio) // WAKE_FRAME):
+            if engine.score(audio[f * WAKE_FRAME:(f + 1) * WAKE_FRAME]) >= threshold and f * WAKE_FRAME >= 2 * RATE:
+                found[row["wav"]] = f - 2 * RATE // WAKE_FRAME
+                break
+    return found
+
+
+def study_wer(limit: int | None, threads: int) -> dict:
+    from bench.wer import normalize, word_errors
+    from pipeline.models import WHISPER, WHISPER_BASE, default_models_dir
+    from workers.audio_sources import load_wav
+    from workers.stt import strip_wake_phrase
+
+    models_dir = default_models_dir()
+    models = {"tiny.en": models_dir / WHISPER.filename, "base": models_dir / WHISPER_BASE.filename}
+    missing = [f"{k} ({p})" for k, p in models.items() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"missing model(s): {', '.join(missing)} — run `python -m pipeline.models --base`")
+    configs = [(m, beam) for m in models for beam in (1, 5)]
+    decoders = {(m, beam): make_decoder(models[m], beam, threads) for m, beam in configs}
+    rows = [r for r in load_manifest(corpus_dir()) if r["wake"]]
+    if limit:
+        rows = rows[:limit]
+    wake = wake_frames(rows)
+    results = []
+    for i, row in enumerate(rows):
+        audio = load_wav(row["path"])
+        # What the STT worker gets: from the wake frame minus the 0.3 s pre-roll to speech end + 50 ms.
+        start = max(0, (wake[row["wav"]] + 1 - PREROLL_FRAMES) * WAKE_FRAME) if wake[row["wav"]] is not None else 0
+        clip = audio[start: int((row["speech_end_s"] + 0.05) * RATE)]
+        for key in configs:
+            decoder = decoders[key]
+            if i == 0:
+                decoder.transcribe(clip)  # warm-up: first call allocates
+            t = time.perf_counter()
+            text = strip_wake_phrase(decoder.transcribe(clip))
+            ms = (time.perf_counter() - t) * 1000
+            errors, n_ref = word_errors(row["transcript"], text)
+            results.append({"wav": row["wav"], "voice": row["speaker"], "model": key[0], "beam": key[1],
+                            "ref": row["transcript"], "hyp": text, "wake_frame": wake[row["wav"]], "errors": errors, "ref_words": n_ref,
+                            "decode_ms": round(ms, 1), "audio_s": round(len(clip) / RATE, 3)})
+        print(f"\r  {i + 1}/{len(rows)} utterances", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    data = {"threads": threads, "n_utterances": len(rows), "results": results}
+    return summarize_wer(data)
+
+
+def summarize_wer(data: dict) -> dict:
+    """Tables from the per-utterance results (``wer --resummarize`` redoes this from the saved JSON).
+
+    WER counts only files where openWakeWord fired: on the others the pipeline never runs STT, and the study's
+    fallback clip (from the file start) holds the wake phrase, which whisper hears as "Hey novice" and the
+    wake-phrase stripper cannot remove. The "incl. missed wakes" row counts them anyway.
+    """
+    results, threads = data["results"], data["threads"]
+    configs = list(dict.fromkeys((r["model"], r["beam"]) for r in results))
+    voices = sorted({r["voice"] for r in results})
+    heard = [r for r in results if r["wake_frame"] is not None]
+
+    def rate(sel: list[dict]) -> float:
+        return sum(r["errors"] for r in sel) / max(1, sum(r["ref_words"] for r in sel))
+
+    summary: dict = {}
+    for m, beam in configs:
+        name = f"{m} {'greedy' if beam == 1 else f'beam{beam}'}"
+        sel = [r for r in heard if r["model"] == m and r["beam"] == beam]
+        every = [r for r in results if r["model"] == m and r["beam"] == beam]
+        ms = [r["decode_ms"] for r in every]
+        summary[name] = {"wer": rate(sel), "wer_incl_missed_wakes": rate(every),
+                         "wer_by_voice": {v: rate([r for r in sel if r["voice"] == v]) for v in voices},
+                         "n_by_voice": {v: sum(1 for r in sel if r["voice"] == v) for v in voices},
+                         "decode_ms_p50": pct(ms, 50), "decode_ms_p95": pct(ms, 95),
+                         "rtf_p50": pct([r["decode_ms"] / 1000 / r["audio_s"] for r in every], 50), "n": len(sel)}
+    ref = summary[next(iter(summary))]["decode_ms_p50"]
+    first = next(iter(summary.values()))
+    n_files = len({r["wav"] for r in results})
+    n_heard = len({r["wav"] for r in heard})
+    lines = [f"WER per voice (full corpus: {n_files} wake utterances, {n_heard} where openWakeWord fired; whisper "
+             f"{threads} threads; clip = wake frame - 0.3 s pre-roll .. speech end + 50 ms, as the STT worker "
+             "gets it; wake phrase stripped). Decode times on a shared, heavily loaded 2-core box (load 5-10): "
+             "compare the ratios, not the absolute ms.", "",
+             "| voice (files) | " + " | ".join(summary) + " |", "|---" * (len(summary) + 1) + "|"]
+    for v in voices:
+        lines.append(f"| {v} ({first['n_by_voice'][v]}) | "
+                     + " | ".join(f"{s['wer_by_voice'][v] * 100:.1f} %" if s["n_by_voice"][v] else "–"
+                                  for s in summary.values()) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{s['wer'] * 100:.1f} %**" for s in summary.values()) + " |")
+    lines.append("| incl. missed wakes | " + " | ".join(f"{s['wer_incl_missed_wakes'] * 100:.1f} %"
+                                                       for s in summary.values()) + " |")
+    lines.append("| decode p50 ms | " + " | ".join(f"{s['decode_ms_p50']:.0f}" for s in summary.values()) + " |")
+    lines.append("| decode p95 ms | " + " | ".join(f"{s['decode_ms_p95']:.0f}" for s in summary.values()) + " |")
+    lines.append("| decode × tiny greedy (p50) | " + " | ".join(f"{s['decode_ms_p50'] / ref:.2f}"
+                                                             for s in summary.values()) + " |")
+    lines.append("| RTF p50 | " + " | ".join(f"{s['rtf_p50']:.3f}" for s in summary.values()) + " |")
+    data = {**data, "summary": summary}
+    save("wer", data, "\n".join(lines))
+    return data
+
+
+# --------------------------------------------------------------------------- 2. endpointing
+
+
+class WebRtcVadAdapter:
+    """webrtcvad behind SileroVad's interface: ``prob(512 samples)`` = voiced share of its 10 ms frames.
+
+    512 is not a multiple of 160, so leftover samples carry to the next chunk.
+    """
+
+    chunk_samples = 512
+
+    def __init__(self, aggressiveness: int = 2, threshold: float = 0.5) -> None:
+        import webrtcvad
+
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self.threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self._rest = np.zeros(0, dtype=np.int16)
+        self._last = 0.0
+
+    def prob(self, chunk: np.ndarray) -> float:
+        x = np.asarray(chunk)
+        if x.dtype != np.int16:
+            x = np.clip(x * 32768.0, -32768, 32767).astype(np.int16)
+        buf = np.concatenate((self._rest, x))
+        n = len(buf) // 160
+        self._rest = buf[n * 160:]
+        votes = [self._vad.is_speech(buf[i * 160:(i + 1) * 160].tobytes(), RATE) for i in range(n)]
+        self._last = sum(votes) / n if n else self._last
+        return self._last
+
+
+@dataclass
+class Clip:
+    name: str
+    audio: np.ndarray  # int16
+    speech_end_s: float
+    voice: str
+    kind: str  # "natural" (corpus file) or "pause<ms>" (two requests joined by a pause)
+
+
+def build_clips(rows: list[dict], noise_snr_db: float | None, pauses_ms: tuple[int, ...]) -> list[Clip]:
+    """Corpus files, plus hesitation clips: "Hey Jarvis, <request A>" + pause + <request B's speech>."""
+    from bench.synth import mix_at_snr, pink_noise
+    from workers.audio_sources import load_wav
+
+    clips = []
+    audio = {r["wav"]: load_wav(r["path"]) for r in rows}
+    for r in rows:
+        clips.append(Clip(r["wav"], audio[r["wav"]], r["speech_end_s"], r["speaker"], "natural"))
+    for k, pause in enumerate(pauses_ms):
+        for j, a in enumerate(rows[k::max(1, len(pauses_ms))][:16]):
+            b = rows[(rows.index(a) + 7) % len(rows)]
+            head = audio[a["wav"]][: int(a["speech_end_s"] * RATE)]
+            tail = audio[b["wav"]][int(b["speech_start_s"] * RATE): int(b["speech_end_s"] * RATE)]
+            # b's speech_start_s is the start of "Hey Jarvis": keep only b's request (skip ~0.9 s of wake phrase)
+            tail = tail[int(0.9 * RATE):]
+            joined = np.concatenate([head, np.zeros(int(pause * RATE / 1000), np.int16), tail,
+                                     np.zeros(int(1.5 * RATE), np.int16)])
+            end = (len(head) + int(pause * RATE / 1000) + len(tail)) / RATE
+            clips.append(Clip(f"{a['wav']}+pause{pause}", joined, end, a["speaker"], f"pause{pause}"))
+    if noise_snr_db is not None:
+        for i, c in enumerate(clips):
+            speech = c.audio[: int(c.speech_end_s * RATE)]
+            noise = pink_noise(len(c.audio) / RATE + 0.1, seed=i)[: len(c.audio)]
+            # scale the noise for the given SNR against the speech part, then add it everywhere
+            ref = mix_at_snr(speech, noise[: len(speech)], noise_snr_db).astype(np.float64) - speech
+            gain = float(np.std(ref) / max(1e-9, np.std(noise[: len(speech)].astype(np.float64))))
+            mixed = c.audio.astype(np.float64) + gain * noise.astype(np.float64)
+            clips[i] = Clip(c.name, np.clip(mixed, -32768, 32767).astype(np.int16), c.speech_end_s, c.voice, c.kind)
+    return clips
+
+
+def vad_probs(engine: str, audio: np.ndarray) -> tuple[list[float], float]:
+    """Per-512-sample-chunk speech probabilities and the CPU seconds it took."""
+    from workers.vad import CHUNK_SAMPLES, SileroVad
+
+    vad = SileroVad() if engine == "silero" else WebRtcVadAdapter(int(engine.split(":")[1]))
+    vad.reset()
+    n = len(audio) // CHUNK_SAMPLES
+    cpu = time.process_time()
+    probs = [vad.prob(audio[i * CHUNK_SAMPLES:(i + 1) * CHUNK_SAMPLES]) for i in range(n)]
+    return probs, time.process_time() - cpu
+
+
+def endpoint_from_probs(probs: list[float], threshold: float, end_silence_ms: int,
+                        min_speech_ms: int = 150) -> float | None:
+    """The Endpointer's rule (workers/vad.py) replayed on precomputed probabilities: speech end in seconds."""
+    chunk = 512
+    end_sil, min_speech = end_silence_ms * RATE // 1000, min_speech_ms * RATE // 1000
+    run_start = speech_start = last_voiced_end = None
+    for i, p in enumerate(probs):
+        start, end = i * chunk, (i + 1) * chunk
+        voiced = p >= threshold
+        if voiced:
+            run_start = start if run_start is None else run_start
+            last_voiced_end = end
+        else:
+            run_start = None
+        if speech_start is None:
+            if voiced and end - run_start >= min_speech:
+                speech_start = run_start
+            continue
+        if not voiced and last_voiced_end is not None and end - last_voiced_end >= end_sil:
+            return last_voiced_end / RATE
+    return None
+
+
+def check_replay_matches_endpointer(clip: Clip, end_silence_ms: int) -> None:
+    """The replayed rule must agree with the real Endpointer (else the study measures the wrong thing)."""
+    from workers.vad import Endpointer, SileroVad
+
+    ep = Endpointer(SileroVad(), end_silence_ms=end_silence_ms, no_speech_timeout_s=30, max_utterance_s=60)
+    real = None
+    for i in range(0, len(clip.audio), 1280):
+        ev = ep.feed(clip.audio[i:i + 1280])
+        if ev is not None and ev.kind == "speech_end":
+            real = ev.sample_index / RATE
+            break
+    probs, _ = vad_probs("silero", clip.audio)
+    replay = endpoint_from_probs(probs, 0.5, end_silence_ms)
+    if real != replay:
+        raise AssertionError(f"replayed endpoint {replay} != Endpointer {real} on {clip.name}")
+
+
+def study_endpoint(silences=(400, 500, 700), pauses_ms=(250, 350, 450, 600)) -> dict:
+    rows = [r for r in load_manifest(corpus_dir()) if r["wake"]]
+    engines = ["silero"]
+    try:
+        import webrtcvad  # noqa: F401
+
+        engines += ["webrtc:2", "webrtc:3"]
+    except ImportError:
+        print("webrtcvad not installed (pip install webrtcvad-wheels): Silero only", file=sys.stderr)
+    conditions = {"clean": None, "pink 10 dB": 10.0}
+    check_replay_matches_endpointer(build_clips(rows[:1], None, ())[0], 500)
+    results = []
+    cpu: dict = defaultdict(float)
+    audio_s: dict = defaultdict(float)
+    for cond, snr in conditions.items():
+        clips = build_clips(rows, snr, pauses_ms)
+        for n, clip in enumerate(clips):
+            for eng in engines:
+                probs, spent = vad_probs(eng, clip.audio)
+                cpu[eng] += spent
+                audio_s[eng] += len(clip.audio) / RATE
+                for sil in silences:
+                    end = endpoint_from_probs(probs, 0.5, sil)
+                    results.append({"condition": cond, "engine": eng, "end_silence_ms": sil, "clip": clip.name,
+                                    "kind": clip.kind, "voice": clip.voice, "true_end_s": clip.speech_end_s,
+                                    "detected_end_s": end,
+                                    "fired_s": None if end is None else end + sil / 1000})
+            print(f"\r  {cond}: {n + 1}/{len(clips)} clips", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+    summary = []
+    for cond in conditions:
+        for eng in engines:
+            for sil in silences:
+                sel = [r for r in results if r["condition"] == cond and r["engine"] == eng
+                       and r["end_silence_ms"] == sil]
+                found = [r for r in sel if r["detected_end_s"] is not None]
+                early = [r for r in found if r["detected_end_s"] < r["true_end_s"] - 0.15]
+                late_ok = [r for r in found if r not in early]
+                err = [(r["detected_end_s"] - r["true_end_s"]) * 1000 for r in late_ok]
+                lat = [(r["fired_s"] - r["true_end_s"]) * 1000 for r in late_ok]
+                by_kind = {k: sum(1 for r in early if r["kind"] == k) for k in sorted({r["kind"] for r in sel})}
+                n_kind = {k: sum(1 for r in sel if r["kind"] == k) for k in by_kind}
+                summary.append({
+                    "condition": cond, "engine": eng, "end_silence_ms": sil, "n": len(sel),
+                    "missed": len(sel) - len(found), "false_early": len(early), "false_early_by_kind": by_kind,
+                    "n_by_kind": n_kind,
+                    "end_err_ms_p50": pct([abs(e) for e in err], 50), "end_err_ms_p95": pct([abs(e) for e in err], 95),
+                    "end_err_signed_ms_p50": pct(err, 50),
+                    "fire_after_true_end_ms_p50": pct(lat, 50), "fire_after_true_end_ms_p95": pct(lat, 95)})
+    cpu_ms_per_s = {e: 1000 * cpu[e] / audio_s[e] for e in engines}
+    kinds = list(summary[0]["false_early_by_kind"])
+    lines = ["Endpointing (full corpus wake files + hesitation clips \"request A <pause> request B\"; "
+             "false early end = detected end > 150 ms before the true end)", "",
+             "| condition | engine | end silence | |err| p50 ms | |err| p95 ms | signed p50 | fires after end p50/p95 ms"
+             " | missed | " + " | ".join(f"early {k}" for k in kinds) + " |",
+             "|---" * (8 + len(kinds)) + "|"]
+    for s in summary:
+        lines.append(f"| {s['condition']} | {s['engine']} | {s['end_silence_ms']} | {s['end_err_ms_p50']:.0f} | "
+                     f"{s['end_err_ms_p95']:.0f} | {s['end_err_signed_ms_p50']:+.0f} | "
+                     f"{s['fire_after_true_end_ms_p50']:.0f} / {s['fire_after_true_end_ms_p95']:.0f} | {s['missed']} | "
+                     + " | ".join(f"{s['false_early_by_kind'][k]}/{s['n_by_kind'][k]}" for k in kinds) + " |")
+    lines += ["", "CPU per audio second (1 thread, this run): "
+              + ", ".join(f"{e} {v:.1f} ms" for e, v in cpu_ms_per_s.items()),
+              "whisper.cpp's own VAD: not measured — pywhispercpp 1.5.1 exposes `vad`/`vad_model_path`, but it needs "
+              "a ggml Silero model (ggml-silero-*.bin) that no package on PyPI ships (hub download only)."]
+    data = {"silences_ms": list(silences), "pauses_ms": list(pauses_ms), "engines": engines,
+            "cpu_ms_per_audio_s": cpu_ms_per_s, "summary": summary, "results": results}
+    save("endpoint", data, "\n".join(lines))
+    return data
+
+
+# --------------------------------------------------------------------------- 3. streaming (speculative) vs not
+
+
+def study_streaming(rounds: int = 2) -> dict:
+    """The real pipeline on the quick corpus, speculative STT on and off, alternated ``rounds`` times
+    (on, off, on, off...) so a change in the machine's load hits both modes alike."""
+    from bench.corpus import load_corpus
+    from bench.replay import build_replay, run_pipeline
+
+    directory = corpus_dir(quick=True)
+    utterances = list(load_corpus(directory))
+    OUT.mkdir(parents=True, exist_ok=True)
+    wav = OUT / "streaming-replay.wav"
+    placements = build_replay(utterances, wav, passes=1, gap_s=1.5)
+    modes = {"speculative 150 ms (default)": {}, "off (0)": {"VIGIL_STT__SPECULATIVE_SILENCE_MS": "0"}}
+    collected: dict = {label: {"se_tr": [], "se_ft": [], "stt_compute": [], "sessions": 0, "returncodes": [],
+                               "load_avg": []} for label in modes}
+    for rnd in range(rounds):
+        for label, env in modes.items():
+            print(f"  round {rnd + 1}/{rounds}: {label}", file=sys.stderr)
+            c = collected[label]
+            c["load_avg"].append(round(os.getloadavg()[0], 2))
+            result = run_pipeline(wav, OUT / f"streaming-{'on' if not env else 'off'}-{rnd}",
+                                  extra_args=("--exit-when-done",), env={**env, "VIGIL_HTTP__ENABLED": "false"},
+                                  timeout_s=120 + sum(p.duration_s + 1.5 for p in placements) * 2)
+            c["returncodes"].append(result.returncode)
+            c["sessions"] += len(result.sessions)
+            for e in result.events:
+                if e.get("type") != "response":
+                    continue
+                lat = e.get("latency_ms") or {}
+                for key, name in (("se_tr", "speech_end_to_transcript"), ("se_ft", "speech_end_to_first_token"),
+                                  ("stt_compute", "stt_compute")):
+                    if lat.get(name) is not None:
+                        c[key].append(lat[name])
+    runs = {}
+    for label, c in collected.items():
+        runs[label] = {"returncodes": c["returncodes"], "responses": len(c["se_tr"]), "load_avg_at_start": c["load_avg"],
+                       "speech_end_to_transcript_ms": {"p50": pct(c["se_tr"], 50), "p95": pct(c["se_tr"], 95),
+                                                       "n": len(c["se_tr"]), "values": c["se_tr"]},
+                       "speech_end_to_first_token_ms": {"p50": pct(c["se_ft"], 50), "p95": pct(c["se_ft"], 95),
+                                                        "n": len(c["se_ft"])},
+                       "stt_compute_ms": {"p50": pct(c["stt_compute"], 50), "p95": pct(c["stt_compute"], 95)}}
+    data = {"rounds": rounds, "n_files": len(utterances), "n_wake": sum(1 for u in utterances if u.wake),
+            "runs": runs}
+    return render_streaming(data)
+
+
+def render_streaming(data: dict) -> dict:
+    """The table; min and p25 beside p50/p95 because on a loaded box the upper quantiles measure the queue."""
+    lines = [f"Speech end → final transcript, real pipeline (`python -m pipeline run --input`), quick corpus "
+             f"({data['n_files']} files, {data['n_wake']} with the wake phrase) × {data['rounds']} rounds alternating "
+             "the modes; end_silence_ms from config (500). Box shared and loaded (load avg 4-6 on 2 cores).", "",
+             "| STT mode | speech_end→transcript min | p25 | p50 | p95 | n | speech_end→first token p50 | p95 | "
+             "STT compute p50 | load avg at start |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in data["runs"].items():
+        a, b, cpt = r["speech_end_to_transcript_ms"], r["speech_end_to_first_token_ms"], r["stt_compute_ms"]
+        vals = a["values"]
+        lines.append(f"| {label} | {min(vals) if vals else float('nan'):.0f} | {pct(vals, 25):.0f} | {a['p50']:.0f} | "
+                     f"{a['p95']:.0f} | {a['n']} | {b['p50']:.0f} | {b['p95']:.0f} | {cpt['p50']:.0f} | "
+                     f"{r['load_avg_at_start']} |")
+    save("streaming", data, "\n".join(lines))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stt_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", choices=["wer", "endpoint", "streaming", "all"])
+    parser.add_argument("--limit", type=int, help="wer: only the first N wake utterances")
+    parser.add_argument("--resummarize", action="store_true", help="wer, streaming: redo the tables from the saved JSON")
+    parser.add_argument("--threads", type=int, default=2, help="wer: whisper threads (default 2, as [stt] threads)")
+    parser.add_argument("--rounds", type=int, default=2, help="streaming: on/off alternations (default 2)")
+    args = parser.parse_args(argv)
+    if args.study in ("wer", "all") and args.resummarize:
+        summarize_wer(json.loads((OUT / "wer.json").read_text()))
+    elif args.study in ("wer", "all"):
+        study_wer(args.limit, args.threads)
+    if args.study in ("endpoint", "all"):
+        study_endpoint()
+    if args.study in ("streaming", "all") and args.resummarize:
+        data = json.loads((OUT / "streaming.json").read_text())
+        data.setdefault("n_files", 12)
+        data.setdefault("n_wake", 9)
+        render_streaming(data)
+    elif args.study in ("streaming", "all"):
+        study_streaming(args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,618 @@
+"""Offline wake-word evaluation over the wake corpus: detection per condition and voice,
+false wakes per hour per negative set, delay, CPU, verifier cost, double wakes.
+
+How: the corpus files of one set (positives of one condition, near misses, ordinary
+speech, noise) are concatenated into one stream (2 s of silence first, for the
+detector's warm-up) and fed frame by frame (1280 samples) through
+``workers.wake_engines.WakeDetector`` and an engine — as fast as the CPU allows, not
+paced.  A two-stage configuration hands each proposal's window (``WINDOW_BEFORE_S``
+before the end of the peak frame, ``WINDOW_AFTER_S`` after) to
+``workers.wake_verify.WakeVerifier``.  Proposals at the same threshold are computed once
+and shared by the single-stage and two-stage configurations of that threshold.
+
+Scoring:
+* a positive file is detected when an accepted wake's peak frame lies in
+  [wake_start - 0.2 s, wake_end + 1.5 s] of that file; more than one accepted wake inside
+  one positive file is a double wake ("one utterance wakes once");
+* every accepted wake in a negative stream is a false wake;
+* delay = when the wake is known − end of "jarvis" (``wake_end_s``): single stage, the
+  frame the detector reports on; two-stage, max(that, window end) + verifier compute;
+* proposer CPU = process CPU time of the engine + detector per audio second.
+
+``python -m bench.wake_eval [--corpus DIR] [--out DIR] [--quick] [--configs ...] [--tune]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.latency import percentiles
+from workers.audio_sources import SAMPLE_RATE, load_wav
+
+FRAME = 1280
+LEAD_SILENCE_S = 2.0
+MATCH_BEFORE_S = 0.2
+MATCH_AFTER_S = 1.5
+CONDITIONS = ("clean", "pink", "babble")
+NEGATIVE_SETS = ("ordinary", "noise", "near_miss")
+DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "porcupine", "microwakeword",
+                   "pocketsphinx")
+QUICK_CONFIGS = ("oww@0.5", "oww@0.1+verify")
+ENGINE_THRESHOLDS = {"porcupine": 0.5, "microwakeword": 0.5, "pocketsphinx": 0.5}
+TRACE_ENGINES = ("openwakeword",)  # scored once, detections replayed per threshold (see _Replay)
+TUNE_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def parse_config(name: str) -> dict[str, Any]:
+    """"oww@0.1+verify" → engine openwakeword, threshold 0.1, verify True; "porcupine" → its default."""
+    verify = name.endswith("+verify")
+    base = name[: -len("+verify")] if verify else name
+    engine, _, thr = base.partition("@")
+    engine = {"oww": "openwakeword"}.get(engine, engine)
+    threshold = float(thr) if thr else ENGINE_THRESHOLDS.get(engine, 0.5)
+    return {"name": name, "engine": engine, "threshold": threshold, "verify": verify}
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def build_streams(rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Concatenate the corpus into one stream per set: positives per condition, and each negative set."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        key = f"positive:{r['condition']}" if r["set"] == "positive" else r["set"]
+        groups[key].append(r)
+    streams = {}
+    lead = int(LEAD_SILENCE_S * SAMPLE_RATE)
+    for key, members in groups.items():
+        parts = [np.zeros(lead, dtype=np.int16)]
+        files = []
+        pos = lead
+        for r in members:
+            a = load_wav(r["path"])
+            files.append({**r, "start": pos / SAMPLE_RATE, "end": (pos + a.size) / SAMPLE_RATE})
+            parts.append(a)
+            pos += a.size
+        audio = np.concatenate(parts)
+        streams[key] = {"audio": audio, "files": files, "seconds": (audio.size - lead) / SAMPLE_RATE}
+    return streams
+
+
+class _NoReset:
+    """Wraps an engine so the detector's reset() does not reach it: the score trace stays the
+    engine's raw output, from which any threshold's detections can be replayed."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.name = getattr(engine, "name", "?")
+        self.frame_samples = engine.frame_samples
+
+    def score(self, frame: np.ndarray) -> float:
+        return self.engine.score(frame)
+
+    def reset(self) -> None:
+        pass
+
+
+class _Replay:
+    """An "engine" that replays a recorded score trace (and honours reset like openWakeWord:
+    the next 5 frames score 0 — inside the detector's refractory time anyway)."""
+
+    frame_samples = FRAME
+
+    def __init__(self, trace: np.ndarray, name: str) -> None:
+        self.trace, self.name, self.i, self.mute = trace, name, 0, 0
+
+    def score(self, frame: np.ndarray) -> float:
+        v = float(self.trace[self.i])
+        self.i += 1
+        if self.mute > 0:
+            self.mute -= 1
+            return 0.0
+        return v
+
+    def reset(self) -> None:
+        self.mute = 5
+
+
+def score_traces(engine_name: str, streams: dict, wake_config=None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one engine over every stream once; the per-frame score trace and the CPU time it took.
+
+    Only for engines whose reset does not change later scores beyond a few frames
+    (openWakeWord: reset clears its prediction buffer, the features go on).
+    """
+    from workers.wake_engines import make_wake_engine
+
+    engine = make_wake_engine(engine_name, wake_config)
+    out: dict[str, Any] = {"engine": getattr(engine, "name", engine_name), "traces": {}, "cpu_s": 0.0, "audio_s": 0.0}
+    for key, st in streams.items():
+        engine.reset()
+        audio = st["audio"]
+        n = audio.size // FRAME
+        trace = np.zeros(n, dtype=np.float32)
+        c0 = time.process_time()
+        for i in range(n):
+            trace[i] = engine.score(audio[i * FRAME:(i + 1) * FRAME])
+        out["cpu_s"] += time.process_time() - c0
+        out["audio_s"] += n * FRAME / SAMPLE_RATE
+        out["traces"][key] = trace
+        if progress:
+            progress(f"{engine_name}: scored {key} ({n * FRAME / SAMPLE_RATE / 60:.1f} min)")
+    return out
+
+
+def _traces_path(out_dir, engine: str) -> Path | None:
+    return None if out_dir is None else Path(out_dir) / f"traces-{engine}.npz"
+
+
+def _save_traces(out_dir, engine: str, tr: dict) -> None:
+    """Keep the score traces beside the results, so another threshold can be evaluated without the engine."""
+    path = _traces_path(out_dir, engine)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps({k: tr[k] for k in ("engine", "cpu_s", "audio_s")})
+    np.savez_compressed(path, __meta__=np.array(meta), **{k.replace(":", "__"): v for k, v in tr["traces"].items()})
+
+
+def _load_traces(out_dir, engine: str, streams: dict) -> dict | None:
+    """Traces saved by an earlier run on the same streams (same keys, same frame counts), else None."""
+    path = _traces_path(out_dir, engine)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["__meta__"]))
+            tr = {k.replace("__", ":"): z[k] for k in z.files if k != "__meta__"}
+    except (OSError, ValueError, KeyError):
+        return None
+    if set(tr) != set(streams) or any(tr[k].size != streams[k]["audio"].size // FRAME for k in streams):
+        return None
+    return {**meta, "traces": tr}
+
+
+def _detect(det, feed, n: int) -> list[dict]:
+    found = []
+    for i in range(n):
+        d = det.feed(feed(i))
+        if d is not None:
+            found.append({"peak_end_s": (d.frame_index + 1) * FRAME / SAMPLE_RATE,
+                          "report_s": (i + 1) * FRAME / SAMPLE_RATE, "score": round(float(d.score), 4)})
+    return found
+
+
+def propose(engine_name: str, threshold: float, streams: dict, wake_config=None,
+            progress: Callable[[str], None] | None = None, traces: dict | None = None) -> dict[str, Any]:
+    """Every detection of ``WakeDetector`` at ``threshold`` over every stream: peak, report frame, score.
+
+    With ``traces`` (from ``score_traces``) the engine is not run again: the detector replays
+    the recorded scores (its CPU time is the trace's).
+    """
+    from workers.wake_engines import WakeDetector, make_wake_engine
+
+    if traces is not None:
+        out = {"engine": traces["engine"], "proposals": {}, "cpu_s": traces["cpu_s"], "audio_s": traces["audio_s"]}
+        for key, trace in traces["traces"].items():
+            det = WakeDetector(_Replay(trace, traces["engine"]), threshold=threshold, warmup_s=1.5, refractory_s=2.0)
+            out["proposals"][key] = _detect(det, lambda i: None, trace.size)
+        return out
+    engine = make_wake_engine(engine_name, wake_config)
+    out = {"engine": getattr(engine, "name", engine_name), "proposals": {}, "cpu_s": 0.0, "audio_s": 0.0}
+    for key, st in streams.items():
+        engine.reset()
+        det = WakeDetector(engine, threshold=threshold, warmup_s=1.5, refractory_s=2.0)
+        audio = st["audio"]
+        n = audio.size // FRAME
+        c0 = time.process_time()
+        out["proposals"][key] = _detect(det, lambda i: audio[i * FRAME:(i + 1) * FRAME], n)
+        out["cpu_s"] += time.process_time() - c0
+        out["audio_s"] += n * FRAME / SAMPLE_RATE
+        if progress:
+            progress(f"{engine_name}@{threshold}: {key} {len(out['proposals'][key])} detections")
+    return out
+
+
+def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
+                     progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
+    """Decode each proposal's window once with the prompt and, after a match, once without it;
+    store texts, token probabilities and compute times (judged later per mode and min score)."""
+    from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S, find_wake
+
+    eng = verifier.engine
+    cache = {} if cache is None else cache
+    for key, props in proposals.items():
+        audio = streams[key]["audio"]
+        for p in props:
+            done = cache.get((key, p["peak_end_s"]))
+            if done is not None:  # the same window, proposed at another threshold
+                p.update(done)
+                continue
+            end = int(round((p["peak_end_s"] + WINDOW_AFTER_S) * SAMPLE_RATE))
+            start = max(0, end - int(round((WINDOW_BEFORE_S + WINDOW_AFTER_S) * SAMPLE_RATE)))
+            window = audio[start:min(end, audio.size)]
+            t0 = time.perf_counter()
+            p["heard"], p["tokens"] = eng.transcribe_tokens(window, initial_prompt=verifier.prompt or None)
+            p["verify_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+            p["plain_heard"], p["plain_tokens"], p["plain_ms"] = None, None, 0.0
+            if find_wake(p["tokens"]):
+                t0 = time.perf_counter()
+                p["plain_heard"], p["plain_tokens"] = eng.transcribe_tokens(window, initial_prompt=None)
+                p["plain_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+            cache[(key, p["peak_end_s"])] = {
+                k: p[k] for k in ("heard", "tokens", "verify_ms", "plain_heard", "plain_tokens", "plain_ms")}
+        if progress:
+            progress(f"verified {key}: {len(props)} proposals")
+
+
+def judge(verifier, p: dict):
+    """The verifier's verdict on a stored proposal, in its current mode and min score."""
+    from workers.wake_verify import Reading
+
+    from workers.wake_verify import find_wake, wake_score
+
+    second = verifier.mode == "confirm"
+    if verifier.mode == "hybrid":
+        span = find_wake([tuple(t) for t in p["tokens"]])
+        second = span is not None and wake_score([tuple(t) for t in p["tokens"]], span) < verifier.min_score
+    ms = p["verify_ms"] + (p.get("plain_ms") or 0.0 if second else 0.0)
+    return verifier.judge(Reading(p["heard"], [tuple(t) for t in p["tokens"]], p.get("plain_heard"),
+                                  None if p.get("plain_tokens") is None else [tuple(t) for t in p["plain_tokens"]],
+                                  ms))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score: float | None = None,
+                 split: str | None = None) -> dict[str, Any]:
+    """One configuration's numbers from its proposals (and verdicts when two-stage)."""
+    from workers.wake_verify import WINDOW_AFTER_S
+
+    det = {c: {"detected": 0, "total": 0} for c in CONDITIONS}
+    by_voice: dict[str, dict[str, list[int]]] = defaultdict(lambda: {c: [0, 0] for c in CONDITIONS})
+    delays, verify_ms, doubles, rejected, accepted_total = [], [], 0, 0, 0
+    false = {s: {"count": 0, "hours": 0.0} for s in NEGATIVE_SETS}
+    near_texts: dict[str, int] = defaultdict(int)
+    positive_stream_false = 0
+    for key, st in streams.items():
+        accepted = []
+        for p in prop["proposals"].get(key, []):
+            t_known = p["report_s"]
+            if cfg["verify"]:
+                v = judge(verifier, p)
+                verify_ms.append(v.compute_ms)
+                if not v.accepted:
+                    rejected += 1
+                    continue
+                t_known = max(p["report_s"], p["peak_end_s"] + WINDOW_AFTER_S) + v.compute_ms / 1000.0
+            accepted.append((p["peak_end_s"], t_known, p))
+        accepted_total += len(accepted)
+        if key.startswith("positive:"):
+            cond = key.split(":", 1)[1]
+            used = set()
+            for f in st["files"]:
+                if split and f.get("split") != split:
+                    continue
+                inside = [a for a in accepted if f["start"] <= a[0] < f["end"]]
+                w0 = f["start"] + f["wake_start_s"] - MATCH_BEFORE_S
+                w1 = f["start"] + f["wake_end_s"] + MATCH_AFTER_S
+                hits = [a for a in inside if w0 <= a[0] <= w1]
+                det[cond]["total"] += 1
+                by_voice[f["speaker"]][cond][1] += 1
+                if hits:
+                    det[cond]["detected"] += 1
+                    by_voice[f["speaker"]][cond][0] += 1
+                    delays.append((hits[0][1] - (f["start"] + f["wake_end_s"])) * 1000.0)
+                if len(inside) > 1:
+                    doubles += 1
+                used.update(id(a) for a in inside)
+            positive_stream_false += sum(1 for a in accepted if id(a) not in used) if not split else 0
+        else:
+            s = key
+            false[s]["count"] += len(accepted)
+            false[s]["hours"] += st["seconds"] / 3600.0
+            if s == "near_miss":
+                for a in accepted:
+                    f = next((f for f in st["files"] if f["start"] <= a[0] < f["end"]), None)
+                    near_texts[(f or {}).get("text", "?")] += 1
+    for c in CONDITIONS:
+        d = det[c]
+        d["rate"] = round(d["detected"] / d["total"], 4) if d["total"] else None
+    for s in NEGATIVE_SETS:
+        f = false[s]
+        f["hours"] = round(f["hours"], 4)
+        f["per_hour"] = round(f["count"] / f["hours"], 2) if f["hours"] else None
+    out = {
+        "engine": prop["engine"], "threshold": cfg["threshold"], "two_stage": cfg["verify"],
+        "conditions": det,
+        "by_voice": {v: {c: f"{n[0]}/{n[1]}" for c, n in cs.items()} for v, cs in sorted(by_voice.items())},
+        "false_wakes": false,
+        "near_miss_texts": dict(sorted(near_texts.items(), key=lambda kv: -kv[1])),
+        "false_in_positive_streams": positive_stream_false,
+        "delay_ms": _pct(delays),
+        "proposer_cpu_ms_per_audio_s": round(prop["cpu_s"] * 1000.0 / max(prop["audio_s"], 1e-9), 2),
+        "double_wakes": doubles,
+        "accepted": accepted_total,
+    }
+    if cfg["verify"]:
+        out["verify_ms"] = _pct(verify_ms)
+        out["proposals"] = sum(len(v) for v in prop["proposals"].values())
+        out["rejected"] = rejected
+        out["min_score"] = verifier.min_score
+        out["mode"] = verifier.mode
+    return out
+
+
+def _pct(values: list[float]) -> dict[str, Any]:
+    p = percentiles(values)
+    return {"p50": _r(p.get("p50")), "p95": _r(p.get("p95")), "n": len(values)}
+
+
+def _r(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 1)
+
+
+def tune_verifier(verifier, prop: dict, streams: dict, cfg: dict) -> tuple[tuple[str, float], list[dict]]:
+    """Pick the verifier's mode and min score on the tune half of the voices:
+    fewest (missed positives + 3 × false wakes in the tune voices' negatives and all noise)."""
+    table = []
+    keep = verifier.mode, verifier.min_score
+    pos_streams = {k: v for k, v in streams.items() if k.startswith("positive:")}
+    neg = {k: v for k, v in streams.items() if not k.startswith("positive:")}
+    for mode in ("text", "score", "confirm", "hybrid"):
+        for s in ((0.0,) if mode == "text" else TUNE_SCORES):
+            verifier.mode, verifier.min_score = mode, s
+            pos = score_config(cfg, prop, pos_streams, verifier, split="tune")
+            negs = _negatives_for_split(cfg, prop, neg, verifier, "tune")
+            missed = {c: v["total"] - v["detected"] for c, v in pos["conditions"].items()}
+            table.append({"mode": mode, "min_score": s, "missed": missed, "false": negs,
+                          "cost": sum(missed.values()) + 3 * sum(negs.values())})
+    verifier.mode, verifier.min_score = keep
+    # lowest cost; among ties, the mode that reached it first in MODES order, then the middle of
+    # its plateau of min scores (a margin on both sides for voices it was not tuned on)
+    low = min(r["cost"] for r in table)
+    tied = [r for r in table if r["cost"] == low]
+    mode = tied[0]["mode"]
+    scores = sorted(r["min_score"] for r in tied if r["mode"] == mode)
+    return (mode, scores[(len(scores) - 1) // 2]), table
+
+
+def _negatives_for_split(cfg, prop, neg_streams, verifier, split) -> dict[str, int]:
+    out = {}
+    for key, st in neg_streams.items():
+        n = 0
+        for p in prop["proposals"].get(key, []):
+            f = next((f for f in st["files"] if f["start"] <= p["peak_end_s"] < f["end"]), None)
+            if f is None or f.get("split") not in (split, "all"):
+                continue
+            if judge(verifier, p).accepted:
+                n += 1
+        out[key] = n
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                  configs: tuple[str, ...] | list[str] | None = None,
+                  progress: Callable[[str], None] | bool | None = None, *, whisper_model: str | os.PathLike | None = None,
+                  min_score: float | None = None, mode: str | None = None, tune: bool = False,
+                  score_min: float = 0.5, wake_config=None) -> dict[str, Any]:
+    """Evaluate each configuration on the wake corpus in ``corpus_dir``; the report dict (also written
+    to ``out_dir/wake_eval.json`` with every proposal in ``out_dir/wake_proposals.jsonl``)."""
+    from bench.wake_corpus import load_wake_corpus
+    from workers.wake_engines import WakeEngineUnavailable
+    from workers.wake_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier
+
+    say = progress if callable(progress) else ((lambda m: print(m, file=sys.stderr, flush=True)) if progress else
+                                               (lambda m: None))
+    configs = list(configs or DEFAULT_CONFIGS)
+    rows = load_wake_corpus(corpus_dir)
+    streams = build_streams(rows)
+    corpus_info = {
+        "dir": str(corpus_dir), "files": len(rows),
+        "minutes": {k: round(v["seconds"] / 60.0, 2) for k, v in streams.items()},
+        "voices": sorted({r["speaker"] for r in rows if r["set"] == "positive"}),
+        "heldout_voices": sorted({r["speaker"] for r in rows if r.get("split") == "heldout"}),
+    }
+    parsed = [parse_config(c) for c in configs]
+    verifier = None
+    if any(c["verify"] for c in parsed):
+        from workers.whisper_engine import WhisperEngine
+
+        if whisper_model is None:
+            from pipeline.models import default_models_dir, ensure_models
+
+            cached = default_models_dir() / "ggml-tiny.en.bin"
+            whisper_model = cached if cached.is_file() else ensure_models(progress=False).whisper
+        verifier = WakeVerifier(WhisperEngine(Path(whisper_model), n_threads=2), mode=mode or DEFAULT_MODE,
+                                min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    proposals: dict[tuple[str, float], dict] = {}
+    traces: dict[str, dict] = {}
+    read_cache: dict = {}  # (stream, peak) -> whisper's readings, shared by the thresholds
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    tuning = None
+    for cfg in parsed:
+        key = (cfg["engine"], cfg["threshold"])
+        if key not in proposals:
+            try:
+                say(f"wake eval: {cfg['engine']} @ {cfg['threshold']}")
+                if cfg["engine"] in TRACE_ENGINES and cfg["engine"] not in traces:
+                    traces[cfg["engine"]] = (_load_traces(out_dir, cfg["engine"], streams)
+                                             or score_traces(cfg["engine"], streams, wake_config, say))
+                    _save_traces(out_dir, cfg["engine"], traces[cfg["engine"]])
+                proposals[key] = propose(cfg["engine"], cfg["threshold"], streams, wake_config, say,
+                                         traces=traces.get(cfg["engine"]))
+            except (WakeEngineUnavailable, ImportError, OSError) as exc:
+                proposals[key] = {"unavailable": str(exc)}
+        prop = proposals[key]
+        if "unavailable" in prop:
+            skipped[cfg["name"]] = prop["unavailable"]
+            continue
+        if cfg["verify"]:
+            if not prop.get("verified"):
+                verify_proposals(verifier, prop["proposals"], streams, say, read_cache)
+                prop["verified"] = True
+            if tune:
+                (mode, best), table = tune_verifier(verifier, prop, streams, cfg)
+                tuning = {"chosen": {"mode": mode, "min_score": best}, "table": table, "split": "tune"}
+                verifier.mode, verifier.min_score = mode, best
+            results[cfg["name"]] = score_config(cfg, prop, streams, verifier)
+            results[cfg["name"]]["heldout"] = score_config(cfg, prop, streams, verifier, split="heldout")["conditions"]
+            # the same proposals judged by the other verifiers, for comparison
+            keep = verifier.mode, verifier.min_score
+            for mode, s in (("text", 0.0), ("score", score_min), ("confirm", 0.0), ("hybrid", score_min)):
+                if (mode, s) == keep:
+                    continue
+                verifier.mode, verifier.min_score = mode, s
+                name = f"{cfg['name']} [{mode}{'' if mode == 'text' else f' >= {s:g}'}]"
+                results[name] = score_config(cfg, prop, streams, verifier)
+                results[name]["heldout"] = score_config(cfg, prop, streams, verifier, split="heldout")["conditions"]
+            verifier.mode, verifier.min_score = keep
+        else:
+            results[cfg["name"]] = score_config(cfg, prop, streams)
+            results[cfg["name"]]["heldout"] = score_config(cfg, prop, streams, split="heldout")["conditions"]
+        if out_dir is not None:  # partial results survive an interrupted run
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "wake_eval.partial.json").write_text(json.dumps(
+                {"configs": results, "skipped": skipped, "tuning": tuning}, indent=1))
+    report = {"corpus": corpus_info, "configs": results, "skipped": skipped,
+              "verifier": ({"kind": "whisper tiny.en, prompt 'Hey Jarvis.', hey+jarvis match",
+                            "mode": verifier.mode, "min_score": verifier.min_score, "window_before_s": WINDOW_BEFORE_S,
+                            "window_after_s": WINDOW_AFTER_S} if verifier else None),
+              "tuning": tuning}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "wake_eval.json").write_text(json.dumps(report, indent=1))
+        with open(out / "wake_proposals.jsonl", "w") as fh:
+            for (eng, thr), prop in proposals.items():
+                for skey, props in prop.get("proposals", {}).items():
+                    for p in props:
+                        f = next((f for f in streams[skey]["files"] if f["start"] <= p["peak_end_s"] < f["end"]), {})
+                        fh.write(json.dumps({"engine": eng, "threshold": thr, "stream": skey, "file": f.get("wav"),
+                                             "t_in_file": round(p["peak_end_s"] - f.get("start", 0.0), 3),
+                                             **{k: v for k, v in p.items() if k != "tokens"},
+                                             "tokens": p.get("tokens")}) + "\n")
+    return report
+
+
+def rescore(corpus_dir, proposals_path, out_dir=None, *, tune: bool = True, mode: str | None = None,
+            min_score: float | None = None, score_min: float = 0.5) -> dict[str, Any]:
+    """Score the verifier again from a run's ``wake_proposals.jsonl`` (no engine, no decoding):
+    for trying verifier rules and tuning them on the stored readings."""
+    from bench.wake_corpus import load_wake_corpus
+    from workers.wake_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WakeVerifier
+
+    streams = build_streams(load_wake_corpus(corpus_dir))
+    props: dict[tuple[str, float], dict] = {}
+    for line in Path(proposals_path).read_text().splitlines():
+        r = json.loads(line)
+        if r.get("tokens") is None:
+            continue
+        key = (r["engine"], r["threshold"])
+        prop = props.setdefault(key, {"engine": r["engine"], "proposals": {k: [] for k in streams},
+                                      "cpu_s": 0.0, "audio_s": 1.0})
+        prop["proposals"][r["stream"]].append(r)
+    verifier = WakeVerifier(None, mode=mode or DEFAULT_MODE, min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    results, tuning = {}, None
+    for (eng, thr), prop in props.items():
+        cfg = {"name": f"{eng}@{thr:g}+verify", "engine": eng, "threshold": thr, "verify": True}
+        if tune:
+            (m, best), table = tune_verifier(verifier, prop, streams, cfg)
+            tuning = {"chosen": {"mode": m, "min_score": best}, "table": table, "split": "tune"}
+            verifier.mode, verifier.min_score = m, best
+        keep = verifier.mode, verifier.min_score
+        for m, sc in ((keep[0], keep[1]), ("text", 0.0), ("score", score_min), ("confirm", 0.0), ("hybrid", score_min)):
+            verifier.mode, verifier.min_score = m, sc
+            name = cfg["name"] + ("" if (m, sc) == keep else f" [{m}{'' if m == 'text' else f' >= {sc:g}'}]")
+            if name in results:
+                continue
+            results[name] = score_config(cfg, prop, streams, verifier)
+            results[name]["heldout"] = score_config(cfg, prop, streams, verifier, split="heldout")["conditions"]
+        verifier.mode, verifier.min_score = keep
+    report = {"configs": results, "skipped": {}, "tuning": tuning}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "wake_rescore.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def summary_table(report: dict) -> str:
+    """A plain-text table of the report (also what report.md shows)."""
+    lines = [f"{'config':30s} {'clean':>9s} {'pink':>9s} {'babble':>9s} {'ord/h':>6s} {'noise/h':>7s} "
+             f"{'near':>5s} {'dbl':>4s} {'delay p50/p95':>14s} {'cpu ms/s':>8s} {'verify p50/p95':>14s}"]
+    for name, r in report["configs"].items():
+        c = r["conditions"]
+        fw = r["false_wakes"]
+        ver = r.get("verify_ms") or {}
+        lines.append(
+            f"{name:30s} " + " ".join(f"{c[k]['detected']:>4d}/{c[k]['total']:<4d}" for k in CONDITIONS)
+            + f" {_f(fw['ordinary']['per_hour']):>6s} {_f(fw['noise']['per_hour']):>7s} {fw['near_miss']['count']:>5d}"
+            f" {r['double_wakes']:>4d} {_f(r['delay_ms']['p50'], 0):>6s}/{_f(r['delay_ms']['p95'], 0):<7s}"
+            f" {r['proposer_cpu_ms_per_audio_s']:>8.1f} {_f(ver.get('p50'), 0):>6s}/{_f(ver.get('p95'), 0):<7s}")
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"{name:30s} skipped: {why}")
+    return "\n".join(lines)
+
+
+def _f(v, d: int = 1) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.wake_eval", description="Offline wake-word evaluation.")
+    ap.add_argument("--corpus", help="a wake corpus folder (default: build the default one in the cache)")
+    ap.add_argument("--out", default="bench/out/wake", help="output folder (default bench/out/wake)")
+    ap.add_argument("--quick", action="store_true", help="the small corpus and two configurations")
+    ap.add_argument("--configs", nargs="*", help=f"default: {' '.join(DEFAULT_CONFIGS)}")
+    ap.add_argument("--min-score", type=float, help="verifier min score (default: the module's)")
+    ap.add_argument("--mode", choices=("text", "score", "confirm"), help="verifier mode (default: the module's)")
+    ap.add_argument("--tune", action="store_true", help="choose the verifier's min score on the tune half of the voices")
+    ap.add_argument("--rescore", metavar="PROPOSALS_JSONL",
+                    help="judge the stored readings of an earlier run again (no engines, no decoding)")
+    args = ap.parse_args(argv)
+    from bench.wake_corpus import build_wake_corpus, default_wake_corpus_dir
+
+    if args.rescore:
+        report = rescore(args.corpus, args.rescore, args.out, tune=args.tune, mode=args.mode, min_score=args.min_score)
+        print(summary_table(report))
+        if report.get("tuning"):
+            for row in report["tuning"]["table"]:
+                print("tune:", json.dumps(row))
+            print("chosen on the tune split:", report["tuning"]["chosen"])
+        return 0
+
+    corpus = args.corpus
+    if corpus is None:
+        from pipeline.config import load_config
+
+        cache = Path(load_config().models.dir).expanduser().parent
+        corpus = build_wake_corpus(default_wake_corpus_dir(cache, args.quick), quick=args.quick).parent
+    configs = args.configs or (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
+    t0 = time.monotonic()
+    report = run_wake_eval(corpus, args.out, configs, True, min_score=args.min_score, mode=args.mode,
+                           tune=args.tune)
+    print(summary_table(report))
+    if report.get("tuning"):
+        for row in report["tuning"]["table"]:
+            print("tune:", json.dumps(row))
+        print("chosen on the tune split:", report["tuning"]["chosen"])
+    print(f"({time.monotonic() - t0:.0f} s) {Path(args.out) / 'wake_eval.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
