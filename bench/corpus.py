@@ -30,7 +30,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -278,23 +278,30 @@ def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, pro
     A lock file keeps two concurrent builders (e.g. parallel test workers)
     from writing the same files at once.
     """
-    out = Path(out_dir).expanduser().resolve()
     items = plan(quick)
-    stamp = _stamp(items, quick)
-    if _is_built(out, items, stamp):
+    engines = sorted({i.voice.engine for i in items if i.voice})
+    return build_locked(out_dir, [i.file for i in items], _stamp(items, quick), engines,
+                        lambda out: _make_all(out, items, progress), "the default corpus")
+
+
+def build_locked(out_dir: str | os.PathLike, files: list[str], stamp: str, engines: list[str],
+                 make_rows: Callable[[Path], list[dict[str, Any]]], what: str) -> Path:
+    """Build a corpus folder once: idempotent (stamp + files), locked against concurrent builders,
+    WAVs then manifest then stamp (so an interrupted build is never taken for a finished one)."""
+    out = Path(out_dir).expanduser().resolve()
+    if _is_built(out, files, stamp):
         return out / MANIFEST
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_built(out, items, stamp):  # another process finished it while we waited
+        if _is_built(out, files, stamp):  # another process finished it while we waited
             return out / MANIFEST
-        for engine in sorted({i.voice.engine for i in items if i.voice}):
+        for engine in engines:
             if not engine_available(engine):
-                raise FileNotFoundError(f"{engine} is not installed; the default corpus needs it "
-                                        f"(apt-get install {engine})")
+                raise FileNotFoundError(f"{engine} is not installed; {what} needs it (apt-get install {engine})")
         (out / STAMP).unlink(missing_ok=True)
-        stale = _listed_wavs(out) - {out / i.file for i in items}
-        rows = _make_all(out, items, progress)
+        stale = _listed_wavs(out) - {out / f for f in files}
+        rows = make_rows(out)
         _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
         for p in stale:
             p.unlink(missing_ok=True)
@@ -302,13 +309,13 @@ def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, pro
     return out / MANIFEST
 
 
-def _is_built(out: Path, items: list[Item], stamp: str) -> bool:
+def _is_built(out: Path, files: list[str], stamp: str) -> bool:
     try:
         if (out / STAMP).read_text().strip() != stamp or not (out / MANIFEST).is_file():
             return False
     except OSError:
         return False
-    return all((out / i.file).is_file() for i in items)
+    return all((out / f).is_file() for f in files)
 
 
 def _listed_wavs(out: Path) -> set[Path]:

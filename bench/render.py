@@ -247,8 +247,28 @@ def _stt_speaker_section(report: dict) -> list[str]:
     rows = [["STT word error rate", fmt_pct(stt.get("wer"))],
             ["STT utterances scored", fmt_int(stt.get("n"))],
             ["speaker accuracy", fmt_pct(speaker.get("accuracy"))
-             + (f" ({speaker['note']})" if speaker.get("note") and finite(speaker.get("accuracy")) is None else "")]]
+             + (f" ({speaker['note']})" if speaker.get("note") and finite(speaker.get("accuracy")) is None else "")],
+            ["enrolled voices identified", fmt_pct(speaker.get("enrolled_identified"))],
+            ["strangers called unknown", fmt_pct(speaker.get("strangers_rejected"))]]
     return ["## Transcription and speaker ID", ""] + table(["", "value"], rows) + [""]
+
+
+def _variants_section(report: dict) -> list[str]:
+    """The A/B replays: what the verifier and a slow speaker ID do to the headline (same run)."""
+    variants = _dict(report.get("variants"))
+    if not variants:
+        return []
+    rows = []
+    for name, v in variants.items():
+        v = _dict(v)
+        head = _dict(v.get("speech_end_to_first_token"))
+        rows.append([name, fmt_ms(head.get("p50")), fmt_ms(head.get("p95")), str(v.get("p50_ratio_to_default", "n/a")),
+                     f"{fmt_int(v.get('answered'))} / {fmt_int(v.get('utterances'))}",
+                     f"{fmt_int(v.get('speaker_overlapped_stt'))} / {fmt_int(v.get('speaker_compared'))}",
+                     fmt_int(v.get("wake_rejected"))])
+    return ["## Variants: verifier and speaker ID (same utterances, same run)", ""] + table(
+        ["variant", "speech end → first token p50", "p95", "p50 ÷ default", "answered", "speaker ∥ STT",
+         "wake_rejected"], rows) + [""]
 
 
 def _resources_table(res: dict) -> list[str]:
@@ -367,6 +387,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     lines += _overhead_section(report)
     lines += _wake_section(report)
     lines += _stt_speaker_section(report)
+    lines += _variants_section(report)
     lines += _continuous_section(report)
     lines += _idle_section(report)
     lines += _load_section(report)

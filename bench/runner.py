@@ -26,6 +26,7 @@ from bench.analysis import (
 )
 from bench.replay import RATE, build_replay, run_pipeline
 from bench.resources import summarize
+from bench.speaker_bench import speaker_summary
 from bench.synth import pink_noise, write_wav16
 from pipeline.config import Config
 from pipeline.latency import percentiles
@@ -222,7 +223,7 @@ def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: l
                    "ok": bool(np.isnan(budget_p95) or budget_p95 <= config.bench.budget_ms)},
         "wake": wake_summary(records, vigil_extra["unmatched"]),
         "stt": {"wer": round(wer(heard), 4) if heard else None, "n": len(heard)},
-        "speaker": {"accuracy": None, "note": "speaker identification is not built yet"},
+        "speaker": speaker_summary(records),
         "idle": idle,
         "load": load,
         "drops": vigil_extra["drops"],
@@ -270,10 +271,13 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
-              load: bool, quick: bool, progress: bool = True, wake_eval: bool = True) -> int:
+              load: bool, quick: bool, progress: bool = True, wake_eval: bool = True,
+              variant_runs: bool = True) -> int:
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
+    from bench.speaker_bench import enroll_voices
+    from bench.variants import measure_variants
     from pipeline.models import ensure_models
 
     models = ensure_models(Path(config.models.dir), progress=progress)
@@ -282,6 +286,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run
     run_dir.mkdir(parents=True, exist_ok=True)
+    enroll_voices(config, run_dir / "vigil" / "state")  # the replayed pipeline's state dir
     records, vigil_extra = measure_vigil(utterances, run_dir, passes, gap_s, progress)
     baseline = run_baseline(utterances, models, config, progress=progress,
                             baseline_end_silence_ms=config.bench.baseline_end_silence_ms)
@@ -289,6 +294,8 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     floor = run_floor(utterances, models, config, progress=progress, wake_audio_s=wake_at)
     idle = measure_idle(run_dir, idle_s, progress) if idle_s > 0 else None
     load_result = measure_load(utterances, run_dir, progress) if load else None
+    variants = measure_variants(utterances, run_dir, count=4 if quick else 24, progress=progress) if variant_runs \
+        else None
     wake_detail = None
     if wake_eval:
         try:
@@ -298,6 +305,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
     if wake_detail:
         report["wake"] = {**report["wake"], **wake_detail}
+    report["variants"] = variants
     (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
     render(run_dir)
     latest = out / "latest"

@@ -21,7 +21,6 @@ Made by the bench itself with the offline TTS engines (flite, espeak-ng) and cac
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import math
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench import synth
-from bench.corpus import MANIFEST, STAMP, _listed_wavs, _slug, _write_atomic
+from bench.corpus import MANIFEST, _slug, build_locked
 from bench.synth import engine_available, mix_at_snr, pink_noise, speech_bounds, tts_samples, write_wav16
 from workers.audio_sources import SAMPLE_RATE
 
@@ -205,36 +204,9 @@ def default_wake_corpus_dir(corpus_cache_dir: Path, quick: bool) -> Path:
 
 def build_wake_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True) -> Path:
     """Synthesize the wake corpus into ``out_dir`` (idempotent, locked, atomic); return the manifest path."""
-    out = Path(out_dir).expanduser().resolve()
     items = plan(quick)
-    stamp = _stamp(items, quick)
-    if _is_built(out, items, stamp):
-        return out / MANIFEST
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_built(out, items, stamp):
-            return out / MANIFEST
-        for engine in ("flite", "espeak-ng"):
-            if not engine_available(engine):
-                raise FileNotFoundError(f"{engine} is not installed; the wake corpus needs it")
-        (out / STAMP).unlink(missing_ok=True)
-        stale = _listed_wavs(out) - {out / i.file for i in items}
-        rows = _make_all(out, items, quick, progress)
-        _write_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in rows))
-        for p in stale:
-            p.unlink(missing_ok=True)
-        _write_atomic(out / STAMP, stamp + "\n")
-    return out / MANIFEST
-
-
-def _is_built(out: Path, items: list[WakeItem], stamp: str) -> bool:
-    try:
-        if (out / STAMP).read_text().strip() != stamp or not (out / MANIFEST).is_file():
-            return False
-    except OSError:
-        return False
-    return all((out / i.file).is_file() for i in items)
+    return build_locked(out_dir, [i.file for i in items], _stamp(items, quick), ["flite", "espeak-ng"],
+                        lambda out: _make_all(out, items, quick, progress), "the wake corpus")
 
 
 def _tts(v: WakeVoice, text: str) -> np.ndarray:

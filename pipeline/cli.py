@@ -128,7 +128,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging()
     return run_bench(config, corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out), passes=passes,
                      gap_s=config.bench.gap_s, idle_s=idle_s, load=not args.no_load, quick=args.quick,
-                     progress=sys.stderr.isatty(), wake_eval=not getattr(args, "no_wake", False))
+                     progress=sys.stderr.isatty(), wake_eval=not args.no_wake, variant_runs=not args.no_variants)
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
@@ -257,6 +257,8 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--quick", action="store_true", help="a small corpus, one pass, short idle (CI)")
     bench.add_argument("--no-wake", action="store_true",
                        help="skip the offline wake-word evaluation (wake corpus × engines, bench/wake_eval.py)")
+    bench.add_argument("--no-variants", action="store_true",
+                       help="skip the A/B replays (verifier off, speaker ID slowed: bench/variants.py)")
     bench.set_defaults(func=cmd_bench)
 
     serve_llm = command("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")

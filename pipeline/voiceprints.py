@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.speaker_engines import SpeakerError, unit_vector
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._'-]{0,31}$")
 RESERVED = {"unknown"}
 FORMAT_VERSION = 1
@@ -40,11 +42,10 @@ def validate_name(name: str) -> str:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64).reshape(-1)
-    n = float(np.linalg.norm(v))
-    if not np.isfinite(n) or n == 0:
-        raise VoiceprintError("embedding is zero or not finite")
-    return v / n
+    try:
+        return unit_vector(v, dtype=np.float64)
+    except SpeakerError as exc:
+        raise VoiceprintError(str(exc)) from None
 
 
 class VoiceprintStore:

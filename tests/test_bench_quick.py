@@ -32,11 +32,17 @@ def test_quick_bench_writes_the_contract_report(tmp_path, models):
     assert report["stt"]["wer"] is not None and 0 <= report["stt"]["wer"] <= 1
     assert set(report["idle"]) >= {"cpu_percent_total", "cpu_percent_by_worker", "rss_mb_by_worker",
                                    "rss_slope_mb_per_h", "seconds"}
-    assert {"capture", "wakeword", "stt", "llm"} <= set(report["idle"]["rss_mb_by_worker"])
+    assert {"capture", "wakeword", "stt", "speaker", "llm"} <= set(report["idle"]["rss_mb_by_worker"])
+    # Speaker ID: corpus voices were enrolled before the replay, and strangers told apart.
+    assert report["speaker"]["n"] >= 1 and 0 <= report["speaker"]["accuracy"] <= 1
+    # The A/B replays ran on the same utterances: the speaker interval overlapped STT's.
+    variants = report["variants"]
+    assert set(variants) == {"default", "verify_off", "speaker_slow"}
+    assert variants["default"]["answered"] >= 1 and variants["default"]["speaker_overlapped_stt"] >= 1
     assert set(report["machine"]) >= {"cpus", "model", "python"}
     assert report["budget"]["ok"] == (proc.returncode == 0)
     md = (latest / "report.md").read_text()
-    assert "speech_end_to_first_token" in md
+    assert "speech_end_to_first_token" in md and "## Variants" in md
     for png in ("latency_cdf.png", "stages.png", "idle.png"):
         data = (latest / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

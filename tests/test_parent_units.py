@@ -208,7 +208,7 @@ def test_bad_arguments_exit_2_with_one_line(args, needle, tmp_path):
 
 
 def test_every_command_has_help():
-    for command in ([], ["run"], ["report"], ["models"], ["bench"], ["serve-llm"]):
+    for command in ([], ["run"], ["report"], ["models"], ["bench"], ["serve-llm"], ["enroll"], ["doctor"], ["chaos"]):
         proc = subprocess.run([sys.executable, "-m", "pipeline", *command, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout

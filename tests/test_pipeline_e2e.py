@@ -158,7 +158,7 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
         responses = lambda: [e for e in read_events(events_path) if e["type"] == "response"]  # noqa: E731
         assert wait_for(lambda: len(responses()) >= 1, 120), "no first answer"
         pids = worker_pids(parent)
-        assert set(pids) == {"capture", "wakeword", "stt", "llm", "responder"}, pids
+        assert set(pids) == {"capture", "wakeword", "stt", "speaker", "llm", "responder"}, pids
         health = healthz(port)
         assert health["status"] == "ok", health
         assert {name: w["pid"] for name, w in health["workers"].items()} == pids

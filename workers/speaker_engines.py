@@ -139,12 +139,13 @@ def prepare(audio: np.ndarray, min_voiced_s: float = MIN_VOICED_S) -> np.ndarray
     return trimmed
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32).reshape(-1)
+def unit_vector(v: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """``v`` scaled to length 1 (cosine similarity is then a dot product); SpeakerError if it can't be."""
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
     norm = float(np.linalg.norm(v))
     if not np.isfinite(norm) or norm == 0:
-        raise SpeakerError("the model produced a zero or invalid embedding")
-    return (v / norm).astype(np.float32)
+        raise SpeakerError("the embedding is zero or not finite")
+    return (v / norm).astype(dtype)
 
 
 # --------------------------------------------------------------------------- torch checkpoints without torch
@@ -375,7 +376,7 @@ class ResemblyzerNumpy:
         mel = self.mel(wav.astype(np.float32))
         mels = np.stack([mel[s] for s in slices])
         partials = self.forward(mels)
-        return _unit(partials.mean(axis=0))
+        return unit_vector(partials.mean(axis=0))
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         return self.embed_preprocessed(prepare(audio))
@@ -425,7 +426,7 @@ class SpeechbrainEcapa:
         torch = self._torch
         with torch.no_grad():
             emb = self.model.encode_batch(torch.from_numpy(np.ascontiguousarray(wav)).unsqueeze(0))
-        return _unit(emb.detach().cpu().numpy())
+        return unit_vector(emb.detach().cpu().numpy())
 
 
 def make_speaker_engine(cfg, models_dir: Path | str | None = None) -> SpeakerEngine:
