@@ -63,7 +63,7 @@ chaos: models
 
 # Hours of idle listening (RSS slope per worker); not part of CI.
 soak: models
-	$(PY) -m pipeline bench --quick --no-load --idle $(SOAK_SECONDS)
+	$(PY) -m pipeline bench --quick --no-load --no-variants --no-wake --idle $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(STAMPS) .pytest_cache

@@ -44,7 +44,7 @@ MATCH_BEFORE_S = 0.2
 MATCH_AFTER_S = 1.5
 CONDITIONS = ("clean", "pink", "babble")
 NEGATIVE_SETS = ("ordinary", "noise", "near_miss")
-DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "porcupine", "microwakeword",
+DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "oww@0.05+verify+sure0.97", "porcupine", "microwakeword",
                    "pocketsphinx")
 QUICK_CONFIGS = ("oww@0.5", "oww@0.1+verify")
 ENGINE_THRESHOLDS = {"porcupine": 0.5, "microwakeword": 0.5, "pocketsphinx": 0.5}
@@ -53,13 +53,18 @@ TUNE_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def parse_config(name: str) -> dict[str, Any]:
-    """"oww@0.1+verify" → engine openwakeword, threshold 0.1, verify True; "porcupine" → its default."""
-    verify = name.endswith("+verify")
-    base = name[: -len("+verify")] if verify else name
+    """"oww@0.1+verify" → engine openwakeword, threshold 0.1, verify True; "porcupine" → its default.
+
+    "+sure0.97" after "+verify": a proposal peaking at 0.97 or more is accepted unverified (the pipeline's
+    `[wake] sure_threshold`)."""
+    rest, _, sure = name.partition("+sure")
+    verify = rest.endswith("+verify")
+    base = rest[: -len("+verify")] if verify else rest
     engine, _, thr = base.partition("@")
     engine = {"oww": "openwakeword"}.get(engine, engine)
     threshold = float(thr) if thr else ENGINE_THRESHOLDS.get(engine, 0.5)
-    return {"name": name, "engine": engine, "threshold": threshold, "verify": verify}
+    return {"name": name, "engine": engine, "threshold": threshold, "verify": verify,
+            "sure": float(sure) if sure and verify else None}
 
 
 # --------------------------------------------------------------------------- streams
@@ -288,7 +293,7 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
         accepted = []
         for p in prop["proposals"].get(key, []):
             t_known = p["report_s"]
-            if cfg["verify"]:
+            if cfg["verify"] and not (cfg.get("sure") is not None and p["score"] >= cfg["sure"]):
                 v = judge(verifier, p)
                 verify_ms.append(v.compute_ms)
                 if not v.accepted:
