@@ -121,15 +121,16 @@ class Pipeline:
             if hasattr(self, "heartbeat"):
                 self.heartbeat.close()
             raise
+        self.worker_names = worker_names(config)
         specs = worker_specs(self.backpressure, heartbeat_name, {
             "whisper_model": str(whisper_model), "llm_model": str(llm_model),
             "events_path": options.events_path, "stdout": options.stdout,
-            "models_dir": config.models.dir}, worker_names(config))
+            "models_dir": config.models.dir}, self.worker_names)
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
         self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
         self.watchdog = WatchdogPolicy(Notifier.from_env(), grace_s=config.supervisor.watchdog_grace_s)
-        self._outboxes = [(name, self.rings[f"{name}.out"]) for name in ("capture", "wakeword", "stt", "speaker", "llm")
-                          if name in worker_names(config)]
+        # Every worker but the responder reports to the parent through its ".out" ring.
+        self._outboxes = [(name, self.rings[f"{name}.out"]) for name in self.worker_names if name != "responder"]
         self._drops_seen: dict[str, int] = {}
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -230,7 +231,7 @@ class Pipeline:
                 log.info("HTTP on http://%s:%d/ (/healthz, /metrics, /events)", self.config.http.host, self.http.port)
             # Capture starts last, once its readers have loaded their models: a replayed file
             # must not play to nobody (a live microphone loses nothing that matters by this).
-            listeners = [name for name in worker_names(self.config) if name != "capture"]
+            listeners = [name for name in self.worker_names if name != "capture"]
             if not self.stop_requested:  # a signal during start-up: spawn nothing
                 self.supervisor.start(listeners)
             if not self.supervisor.wait_running(listeners, self.config.supervisor.start_timeout_s, self._idle) \

@@ -52,6 +52,10 @@ class Session:
     held: list[Token] = field(default_factory=list)
     held_done: LlmDone | None = None
 
+    def listen(self, verify: bool = False) -> StartListening:
+        """What STT (and speaker ID) get to hear this session's request from the shared ring."""
+        return StartListening(session=self.id, wake_seq=self.wake.seq, wake_ns=self.wake.detected_ns, verify=verify)
+
 
 class Coordinator:
     def __init__(self, config: Config, send: Callable[[str, Any], bool], emit: Callable[[dict[str, Any]], None],
@@ -122,7 +126,7 @@ class Coordinator:
         session = self._new_session(wake)
         session.state = "proposed"
         session.deadline = time.monotonic() + self.config.wake.verify_deadline_s
-        self.send("stt", StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns, verify=True))
+        self.send("stt", session.listen(verify=True))
 
     def _new_session(self, wake: WakeDetected) -> Session:
         session = Session(next(self._ids), wake)
@@ -143,7 +147,7 @@ class Coordinator:
         wake = session.wake
         self.emit({"type": "wake", "t": time.time(), "session": session.id, "seq": wake.seq, "score": wake.score,
                    "engine": wake.engine, "verify_score": verify_score})
-        start = StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns)
+        start = session.listen()
         if not stt_listening:
             self.send("stt", start)
         if self.config.speaker.enabled:
@@ -371,8 +375,7 @@ class Coordinator:
             if session.state == "listening":
                 log.warning("session %d: stt exited while hearing it; the restarted stt takes it from the ring",
                             session.id)
-                wake = session.wake
-                self.send("stt", StartListening(session=session.id, wake_seq=wake.seq, wake_ns=wake.detected_ns))
+                self.send("stt", session.listen())
 
     def idle(self) -> bool:
         return not self.sessions

@@ -81,10 +81,8 @@ def collect(ctx: WorkerContext, reader, request: StartListening):
     cfg = ctx.config.speaker
     fs = ctx.audio.frame_samples
     while True:
-        # From `[speaker] lead_s` before the wake frame (the wake phrase is the speaker's voice too);
-        # configs without it start where STT does, `[stt] preroll_s` before the request.
-        lead_s = getattr(cfg, "lead_s", None)
-        lead = int(round((ctx.config.stt.preroll_s if lead_s is None else lead_s) * 16_000 / fs))
+        # From `[speaker] lead_s` before the wake frame: the wake phrase is the speaker's voice too.
+        lead = int(round(cfg.lead_s * 16_000 / fs))
         reader.seek(request.wake_seq + 1 - lead)
         want = int(cfg.window_s * 16_000)
         frames: list[np.ndarray] = []

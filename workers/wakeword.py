@@ -14,10 +14,6 @@ from workers.runtime import WorkerContext
 from workers.wake_engines import WakeDetector, WakeEngineUnavailable, make_wake_engine
 
 
-def make_engine(ctx: WorkerContext):
-    return select_engine(ctx.config, ctx.log)
-
-
 def select_engine(config, log: logging.Logger):
     """The configured wake engine; one that cannot start here falls back to openwakeword with a warning."""
     cfg = config.wake
@@ -35,7 +31,7 @@ def select_engine(config, log: logging.Logger):
 
 def run(ctx: WorkerContext) -> None:
     cfg = ctx.config.wake
-    engine = make_engine(ctx)
+    engine = select_engine(ctx.config, ctx.log)
     # Two-stage wake: the engine only proposes (low threshold) and each proposal is followed to its
     # peak (at most 480 ms, less once it is sure); the coordinator accepts a sure peak at once and
     # sends the rest to the verifier. Single stage: fire at the crossing of `threshold`, as before.
