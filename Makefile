@@ -36,7 +36,7 @@ $(STAMPS)/venv: requirements.txt requirements-dev.txt $(STAMPS)/apt
 	  mkdir -p $$sp/torchaudio/lib.cuda-disabled && mv -f $$sp/torchaudio/lib/*.so $$sp/torchaudio/lib.cuda-disabled/ && \
 	  echo "torchaudio: CUDA-linked .so files moved to torchaudio/lib.cuda-disabled"; \
 	fi
-	$(PY) -c "import numpy, openwakeword, pywhispercpp, xllamacpp, pyaudio, soxr, psutil"
+	$(PY) -c "import numpy, openwakeword, pywhispercpp, ctranslate2, xllamacpp, pyaudio, soxr, psutil"
 	$(PY) -c "import torch, torchaudio; assert torch.version.cuda is None, 'a CUDA torch was installed'"
 	@touch $@
 

@@ -48,11 +48,15 @@ class WakeConfig:
     threshold: float = 0.5
     warmup_s: float = 1.5  # openWakeWord gives a spurious score ~1 s after start
     refractory_s: float = 2.0  # one utterance wakes once
-    # Two-stage wake: the engine proposes at `proposal_threshold`, and STT's first pass over the wake
-    # phrase accepts or rejects it ("whisper"); "off" = single stage at `threshold`. While the verifier
-    # is down or late, `threshold` decides alone.
-    verify: str = "whisper"
-    proposal_threshold: float = 0.05  # measured best with the verifier (bench.wake_eval: +2 pink, +3 babble)
+    # Two-stage wake: the engine proposes at `proposal_threshold` (and, with `onset`, every utterance start
+    # is proposed too); STT checks each proposal's window and accepts or rejects it. "forced": whisper's
+    # probability of "Hey Jarvis" against its rivals ("Hey Travis", ...; workers/wake_forced.py); "whisper":
+    # whisper writes what it hears and the text must read "hey jarvis" (workers/wake_verify.py); "off" =
+    # single stage at `threshold`. While the verifier is down or late, `threshold` decides alone.
+    verify: str = "forced"
+    verify_margin: float = 0.3  # "forced": log10 p(wake) - log10 p(best rival) needed to accept
+    onset: bool = True  # also propose each utterance start (catches voices the engine scores low)
+    proposal_threshold: float = 0.005  # measured with the forced verifier (bench.wake_eval)
     verify_deadline_s: float = 1.5  # proposal → verdict; past it the proposer's own score decides
     # A proposal whose peak reaches this is accepted at once, unverified: on the wake corpus the
     # verifier turned down more real wakes (flite awb heard as "HR this") than near misses above it.
@@ -199,7 +203,7 @@ class Config:
 
 _CHOICES = {
     ("wake", "engine"): {"openwakeword", "porcupine", "microwakeword", "pocketsphinx"},
-    ("wake", "verify"): {"whisper", "off"},
+    ("wake", "verify"): {"forced", "whisper", "off"},
     ("speaker", "engine"): {"resemblyzer", "speechbrain"},
     ("stt", "engine"): {"whispercpp"},
     ("llm", "engine"): {"embedded", "ollama"},
@@ -216,7 +220,8 @@ _POSITIVE = {
     ("bench", "baseline_end_silence_ms"), ("skills", "timeout_s"), ("skills", "pool_size"),
 }
 _NON_NEGATIVE = {
-    ("audio", "engine_restart_s"), ("wake", "warmup_s"), ("wake", "refractory_s"), ("stt", "preroll_s"),
+    ("audio", "engine_restart_s"), ("wake", "warmup_s"), ("wake", "refractory_s"), ("wake", "verify_margin"),
+    ("stt", "preroll_s"),
     ("stt", "speculative_silence_ms"),
     ("speaker", "deadline_ms"), ("speaker", "fault_delay_ms"), ("speaker", "lead_s"), ("supervisor", "done_grace_s"), ("bench", "gap_s"), ("bench", "idle_s"),
     ("supervisor", "rss_limit_mb"), ("supervisor", "rss_check_interval_s"),
@@ -230,6 +235,7 @@ _DAY = 86_400.0
 _MAXIMUM = {
     ("audio", "frame_samples"): 16_000, ("audio", "ring_seconds"): 600.0, ("audio", "engine_restart_s"): 30 * _DAY,
     ("wake", "warmup_s"): 60.0, ("wake", "refractory_s"): 60.0, ("wake", "verify_deadline_s"): 60.0,
+    ("wake", "verify_margin"): 10.0,
     ("stt", "threads"): 256, ("stt", "preroll_s"): 10.0, ("stt", "end_silence_ms"): 10_000,
     ("stt", "speculative_silence_ms"): 10_000, ("stt", "no_speech_timeout_s"): 600.0, ("stt", "max_utterance_s"): 120.0,
     ("speaker", "threads"): 256, ("speaker", "window_s"): 60.0, ("speaker", "lead_s"): 60.0,

@@ -54,7 +54,8 @@ class Session:
 
     def listen(self, verify: bool = False) -> StartListening:
         """What STT (and speaker ID) get to hear this session's request from the shared ring."""
-        return StartListening(session=self.id, wake_seq=self.wake.seq, wake_ns=self.wake.detected_ns, verify=verify)
+        return StartListening(session=self.id, wake_seq=self.wake.seq, wake_ns=self.wake.detected_ns, verify=verify,
+                              start_seq=self.wake.start_seq)
 
 
 class Coordinator:

@@ -34,6 +34,7 @@ class WakeDetected:
     audio_ns: int
     detected_ns: int
     sure: bool = False  # two-stage: the peak reached `sure_threshold` (graded engines only): no check needed
+    start_seq: int | None = None  # "onset" proposals: the frame the utterance started on (wake phrase inside)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class StartListening:
     wake_seq: int
     wake_ns: int
     verify: bool = False  # STT: first check the wake phrase, answer with a WakeVerdict
+    start_seq: int | None = None  # the utterance began here, before the wake frame (an "onset" proposal)
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ _TYPE_CHECKS: dict[str, Any] = {
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
+    "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "dict[str, Any]": lambda v: isinstance(v, dict),
 }
 _unchecked = {f"{cls.__name__}.{f.name}: {f.type}" for cls in MESSAGE_TYPES.values() for f in fields(cls)

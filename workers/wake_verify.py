@@ -61,6 +61,7 @@ class Verdict:
     score: float        # 0..1: probability of the wake tokens (0 when no wake phrase was read)
     heard: str          # what whisper read in the window
     compute_ms: float
+    phrase_end_s: float | None = None  # where the wake phrase ends in the window, when the verifier knows
 
 
 def _norm(word: str) -> str:

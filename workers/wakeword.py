@@ -12,6 +12,7 @@ import time
 from pipeline.messages import WakeDetected
 from workers.runtime import WorkerContext
 from workers.wake_engines import WakeDetector, WakeEngineUnavailable, make_wake_engine
+from workers.wake_onset import ONSET_PROPOSE_S, OnsetProposer
 
 
 def select_engine(config, log: logging.Logger):
@@ -40,13 +41,23 @@ def run(ctx: WorkerContext) -> None:
     graded = getattr(engine, "graded", True)
     detector = WakeDetector(engine, threshold=threshold, warmup_s=cfg.warmup_s, refractory_s=cfg.refractory_s,
                             settle_score=settle)
+    # Two-stage only: every utterance start is a proposal too (the verifier decides), for the voices and
+    # noise in which the engine stays under its proposal threshold (workers/wake_onset.py).
+    onset = OnsetProposer(ctx.audio.frame_samples) if cfg.verify != "off" and cfg.onset else None
+    onset_frames = int(round(ONSET_PROPOSE_S * 16_000 / ctx.audio.frame_samples))
+    warmup_frames = int(cfg.warmup_s * 16_000 / ctx.audio.frame_samples)
     reader = ctx.audio.reader(slot=ctx.spec.audio_slot)
     reader.set_active(True)
+    fed = 0
     while not ctx.should_stop():
         ctx.beat()
         frame = reader.read_wait(0.25)
         if frame is None:
             continue
+        fed += 1
+        if onset is not None and onset.feed(frame.samples) and fed > warmup_frames:
+            ctx.send(WakeDetected(seq=frame.seq, score=0.0, engine="onset", audio_ns=frame.capture_ns,
+                                  detected_ns=time.monotonic_ns(), start_seq=frame.seq - onset_frames))
         detection = detector.feed(frame.samples)
         if detection is not None:
             # The detection is reported once its score stopped rising: point at the peak frame.

