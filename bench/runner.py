@@ -155,7 +155,8 @@ def measure_wake(config: Config, run_dir: Path, quick: bool, progress: bool) -> 
     w = config.wake
     short = {"openwakeword": "oww"}.get(w.engine, w.engine)
     if w.verify and w.verify != "off":
-        default = f"{short}@{w.proposal_threshold:g}+verify" + (f"+sure{w.sure_threshold:g}" if w.sure_threshold < 1 else "")
+        stages = ("+onset" if w.onset else "") + ("+forced" if w.verify == "forced" else "+verify")
+        default = f"{short}@{w.proposal_threshold:g}{stages}" + (f"+sure{w.sure_threshold:g}" if w.sure_threshold < 1 else "")
     else:
         default = f"{short}@{w.threshold:g}" if short == "oww" else short
     configs = list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)

@@ -157,6 +157,7 @@ ENGINES = {  # import name -> (distribution, what it is for)
     "openwakeword": ("openwakeword", "wake word (default)"),
     "pvporcupine": ("pvporcupine", "wake word (Picovoice)"),
     "pywhispercpp": ("pywhispercpp", "STT whisper.cpp (default)"),
+    "ctranslate2": ("ctranslate2", "wake verifier (forced score of \"Hey Jarvis\", tiny.en)"),
     "faster_whisper": ("faster-whisper", "STT CTranslate2 (not wired)"),
     "webrtcvad": ("webrtcvad-wheels", "VAD alternative"),
     "onnxruntime": ("onnxruntime", "Silero VAD / openWakeWord runtime"),

@@ -150,6 +150,7 @@ _CHECK = {
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
     "dict[str, Any]": lambda v: isinstance(v, dict),
+    "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
 }
 
 
@@ -181,6 +182,7 @@ _VALUE_FOR = {  # right types (encode() is the producer's side: our workers neve
     "str": st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
     "bool": st.booleans(),
     "dict[str, Any]": st.dictionaries(_clean_text, _finite_json, max_size=3),
+    "int | None": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.synth import write_wav16
+from bench.synth import tts_samples, write_wav16
 from bench.variants import overlap
 from pipeline.metrics_store import MetricsStore
 from tests.speech import pad, synth
@@ -98,3 +98,22 @@ def test_single_stage_wake_stays_selectable(tmp_path, models):
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 1 and wakes[0]["verify_score"] is None, stderr[-3000:]
     assert [e for e in events if e["type"] == "response"]
+
+
+def test_an_utterance_start_wakes_when_the_engine_does_not(tmp_path, models):
+    """The onset proposer: openWakeWord held out (proposal threshold 0.99, sure never), a fast low voice's
+    "hey jarvis" is still proposed at its start, verified, and the request is heard from the end of the
+    wake phrase the verifier aligned; a near miss at an utterance start is turned down silently."""
+    fast = tts_samples("Hey Jarvis, what time is it?", "espeak-ng", "en+m7", rate=220)
+    wav = write_wav16(tmp_path / "talk.wav", np.concatenate([
+        np.zeros(2 * 16_000, np.int16), fast, np.zeros(3 * 16_000, np.int16),
+        pad(synth("Hey Travis, can you pass the salt?", "flite:slt"), 0.1, 3.0)]))
+    events, _, stderr = run(wav, tmp_path, VIGIL_WAKE__PROPOSAL_THRESHOLD="0.99", VIGIL_WAKE__SURE_THRESHOLD="1.0")
+    wakes = [e for e in events if e["type"] == "wake"]
+    assert [w["engine"] for w in wakes] == ["onset"], f"{[e['type'] for e in events]}\n{stderr[-3000:]}"
+    assert wakes[0]["verify_score"] > 0.66
+    responses = [e for e in events if e["type"] == "response"]
+    assert len(responses) == 1 and responses[0]["route"] == "skill:time", responses
+    assert responses[0]["transcript"].lower().startswith("what time"), responses
+    rejected = [e for e in events if e["type"] == "wake_rejected"]
+    assert rejected and all(r["score"] == 0.0 for r in rejected), rejected  # the near miss's onset proposal
