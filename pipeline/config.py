@@ -54,7 +54,8 @@ class WakeConfig:
     # whisper writes what it hears and the text must read "hey jarvis" (workers/wake_verify.py); "off" =
     # single stage at `threshold`. While the verifier is down or late, `threshold` decides alone.
     verify: str = "forced"
-    verify_margin: float = 0.3  # "forced": log10 p(wake) - log10 p(best rival) needed to accept
+    verify_margin: float = 0.5  # "forced": log10 p(wake) - log10 p(best rival) needed to accept ...
+    verify_floor: float = -6.0  # ... and log10 p("Hey Jarvis") itself (bench.wake_eval's sweep)
     onset: bool = True  # also propose each utterance start (catches voices the engine scores low)
     proposal_threshold: float = 0.005  # measured with the forced verifier (bench.wake_eval)
     verify_deadline_s: float = 1.5  # proposal → verdict; past it the proposer's own score decides
@@ -235,7 +236,7 @@ _DAY = 86_400.0
 _MAXIMUM = {
     ("audio", "frame_samples"): 16_000, ("audio", "ring_seconds"): 600.0, ("audio", "engine_restart_s"): 30 * _DAY,
     ("wake", "warmup_s"): 60.0, ("wake", "refractory_s"): 60.0, ("wake", "verify_deadline_s"): 60.0,
-    ("wake", "verify_margin"): 10.0,
+    ("wake", "verify_margin"): 10.0, ("wake", "verify_floor"): 0.0,
     ("stt", "threads"): 256, ("stt", "preroll_s"): 10.0, ("stt", "end_silence_ms"): 10_000,
     ("stt", "speculative_silence_ms"): 10_000, ("stt", "no_speech_timeout_s"): 600.0, ("stt", "max_utterance_s"): 120.0,
     ("speaker", "threads"): 256, ("speaker", "window_s"): 60.0, ("speaker", "lead_s"): 60.0,

@@ -53,7 +53,8 @@ def make_verifier(ctx: WorkerContext, engine: WhisperEngine):
             from workers.wake_forced import ForcedPhraseScorer, ForcedVerifier
 
             model_dir = Path(ctx.extra.get("models_dir") or ctx.config.models.dir).expanduser() / CT2_FOLDER
-            return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin)
+            return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
+                                  min_log10p=wake.verify_floor)
     except Exception:
         ctx.log.exception("wake verifier %r unavailable; the proposer's threshold decides", wake.verify)
     return None
