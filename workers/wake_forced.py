@@ -187,15 +187,12 @@ class ForcedVerifier:
         self.checks = 0
 
     def check(self, audio: np.ndarray):
-        from workers.wake_verify import MIN_CHECK_S, Verdict
+        from workers.wake_verify import Verdict, checkable
 
         self.checks += 1
-        t0 = time.perf_counter()
-        a = np.asarray(audio)
-        if a.ndim == 2 and 1 in a.shape:
-            a = a.reshape(-1)
-        if a.size < MIN_CHECK_S * SAMPLE_RATE or not np.any(a):
-            return Verdict(False, 0.0, "", round((time.perf_counter() - t0) * 1000.0, 1))
+        a = checkable(audio)
+        if a is None:
+            return Verdict(False, 0.0, "", 0.0)
         f = self.scorer.score(a)
         likelier = (f.wake, f.wake_log10p) if f.wake_log10p >= f.rival_log10p else (f.rival, f.rival_log10p)
         accepted = f.margin >= self.min_margin and f.wake_log10p >= self.min_log10p
