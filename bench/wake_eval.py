@@ -44,27 +44,36 @@ MATCH_BEFORE_S = 0.2
 MATCH_AFTER_S = 1.5
 CONDITIONS = ("clean", "pink", "babble")
 NEGATIVE_SETS = ("ordinary", "noise", "near_miss")
-DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "oww@0.05+verify+sure0.97", "porcupine", "microwakeword",
-                   "pocketsphinx")
-QUICK_CONFIGS = ("oww@0.5", "oww@0.1+verify")
+DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "oww@0.05+verify+sure0.97",
+                   "oww@0.005+onset+forced", "oww@0.05+forced", "oww@0.005+forced", "onset+forced",
+                   "porcupine", "microwakeword", "pocketsphinx")
+QUICK_CONFIGS = ("oww@0.5", "oww@0.005+onset+forced")
 ENGINE_THRESHOLDS = {"porcupine": 0.5, "microwakeword": 0.5, "pocketsphinx": 0.5}
 TRACE_ENGINES = ("openwakeword",)  # scored once, detections replayed per threshold (see _Replay)
 TUNE_SCORES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MARGIN_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)  # forced verifier's min margin (log10), --tune and sweep
+HOLD_AFTER_WAKE_S = 3.0  # the pipeline hears the request after an accepted wake: proposals are ignored
 
 
 def parse_config(name: str) -> dict[str, Any]:
     """"oww@0.1+verify" → engine openwakeword, threshold 0.1, verify True; "porcupine" → its default.
 
-    "+sure0.97" after "+verify": a proposal peaking at 0.97 or more is accepted unverified (the pipeline's
-    `[wake] sure_threshold`)."""
-    rest, _, sure = name.partition("+sure")
-    verify = rest.endswith("+verify")
-    base = rest[: -len("+verify")] if verify else rest
+    "+verify": the whisper text verifier (``WakeVerifier``) judges each proposal; "+forced": the
+    forced-score verifier (``workers.wake_forced``) does.  "+onset": the onset proposer's proposals
+    are added to the engine's (with a verifier only); "onset+forced": the onset proposer alone.
+    "+sure0.97" after the verifier: a proposal peaking at 0.97 or more is accepted unverified (the
+    pipeline's `[wake] sure_threshold`)."""
+    base, *flags = name.split("+")
+    verifier = "forced" if "forced" in flags else ("text" if "verify" in flags else None)
+    sure = next((f[len("sure"):] for f in flags if f.startswith("sure")), "")
+    onset = "onset" in flags or base == "onset"
     engine, _, thr = base.partition("@")
     engine = {"oww": "openwakeword"}.get(engine, engine)
     threshold = float(thr) if thr else ENGINE_THRESHOLDS.get(engine, 0.5)
-    return {"name": name, "engine": engine, "threshold": threshold, "verify": verify,
-            "sure": float(sure) if sure and verify else None}
+    return {"name": name, "engine": None if engine == "onset" else engine,
+            "threshold": None if engine == "onset" else threshold,
+            "verify": verifier is not None, "verifier": verifier, "onset": onset and verifier is not None,
+            "sure": float(sure) if sure and verifier else None}
 
 
 # --------------------------------------------------------------------------- streams
@@ -259,6 +268,71 @@ def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
             progress(f"verified {key}: {len(props)} proposals")
 
 
+def propose_onsets(streams: dict, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The onset proposer (``workers.wake_onset``) over every stream, a fresh one per stream: a proposal
+    on the frame it is due (peak = report = end of that frame, score 0), and the CPU time it took."""
+    from workers.wake_onset import OnsetProposer
+
+    out: dict[str, Any] = {"engine": "onset", "proposals": {}, "cpu_s": 0.0, "audio_s": 0.0}
+    for key, st in streams.items():
+        audio = st["audio"]
+        n = audio.size // FRAME
+        onset = OnsetProposer(FRAME)
+        found = []
+        c0 = time.process_time()
+        for i in range(n):
+            if onset.feed(audio[i * FRAME:(i + 1) * FRAME]):
+                t = (i + 1) * FRAME / SAMPLE_RATE
+                found.append({"peak_end_s": t, "report_s": t, "score": 0.0, "source": "onset"})
+        out["cpu_s"] += time.process_time() - c0
+        out["audio_s"] += n * FRAME / SAMPLE_RATE
+        out["proposals"][key] = found
+        if progress:
+            progress(f"onset: {key} {len(found)} proposals")
+    return out
+
+
+def _window(audio: np.ndarray, peak_end_s: float) -> np.ndarray:
+    from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
+
+    end = int(round((peak_end_s + WINDOW_AFTER_S) * SAMPLE_RATE))
+    start = max(0, end - int(round((WINDOW_BEFORE_S + WINDOW_AFTER_S) * SAMPLE_RATE)))
+    return audio[start:min(end, audio.size)]
+
+
+def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
+                     progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
+    """The forced score of each proposal's window, once per (stream, peak), under ``p["forced"]``
+    (None when the window cannot hold the phrase: ``checkable`` rejects it without scoring)."""
+    from workers.wake_verify import checkable
+
+    cache = {} if cache is None else cache
+    for key, props in proposals.items():
+        audio = streams[key]["audio"]
+        todo = 0
+        for p in props:
+            ck = (key, p["peak_end_s"])
+            if ck not in cache:
+                a = checkable(_window(audio, p["peak_end_s"]))
+                f = None if a is None else scorer.score(a)
+                cache[ck] = None if f is None else {
+                    "wake_log10p": f.wake_log10p, "rival": f.rival, "rival_log10p": f.rival_log10p,
+                    "margin": f.margin, "compute_ms": f.compute_ms, "phrase_end_s": f.phrase_end_s}
+                todo += 1
+            p["forced"] = cache[ck]
+        if progress:
+            progress(f"forced scores {key}: {len(props)} proposals ({todo} new)")
+
+
+def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, float]:
+    """(accepted, compute ms) of the forced verifier on a stored reading: as ``ForcedVerifier.check``,
+    the wake beats its best rival by ``min_margin`` and is itself at least ``min_log10p`` likely."""
+    f = p.get("forced")
+    if f is None:
+        return False, 0.0
+    return f["margin"] >= min_margin and f["wake_log10p"] >= min_log10p, f["compute_ms"]
+
+
 def judge(verifier, p: dict):
     """The verifier's verdict on a stored proposal, in its current mode and min score."""
     from workers.wake_verify import Reading
@@ -278,29 +352,62 @@ def judge(verifier, p: dict):
 # --------------------------------------------------------------------------- scoring
 
 
-def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score: float | None = None,
-                 split: str | None = None) -> dict[str, Any]:
-    """One configuration's numbers from its proposals (and verdicts when two-stage)."""
+def accepted_wakes(cfg: dict, props: list[dict], verifier=None, forced: tuple[float, float] | None = None,
+                   stats: dict | None = None) -> list[tuple[float, float, dict]]:
+    """The accepted wakes of one stream's proposals: (peak, when known, proposal).
+
+    With ``cfg["onset"]`` the proposals (engine + onset) are walked in time order under the pipeline's
+    coordinator rules: a proposal arriving before the previous considered one's verdict (its window end
+    + compute), or within ``HOLD_AFTER_WAKE_S`` after an accepted wake's peak, is ignored.  ``forced`` =
+    (min margin, min log10 p) for a "+forced" configuration.  ``stats`` collects verify_ms, rejected,
+    ignored and the number verified.
+    """
     from workers.wake_verify import WINDOW_AFTER_S
 
+    st = {"verify_ms": [], "rejected": 0, "ignored": 0, "verified": 0} if stats is None else stats
+    gate = bool(cfg.get("onset"))
+    busy_until, hold_until = -1.0, -1.0
+    accepted = []
+    for p in (sorted(props, key=lambda q: q["peak_end_s"]) if gate else props):
+        if gate and (p["peak_end_s"] < busy_until or p["peak_end_s"] < hold_until):
+            st["ignored"] += 1
+            continue
+        t_known = p["report_s"]
+        ok = True
+        if cfg["verify"] and not (cfg.get("sure") is not None and p["score"] >= cfg["sure"]):
+            if cfg.get("verifier") == "forced":
+                ok, ms = judge_forced(p, *forced)
+            else:
+                v = judge(verifier, p)
+                ok, ms = v.accepted, v.compute_ms
+            st["verify_ms"].append(ms)
+            st["verified"] += 1
+            t_known = max(p["report_s"], p["peak_end_s"] + WINDOW_AFTER_S) + ms / 1000.0
+        busy_until = t_known
+        if not ok:
+            st["rejected"] += 1
+            continue
+        hold_until = p["peak_end_s"] + HOLD_AFTER_WAKE_S
+        accepted.append((p["peak_end_s"], t_known, p))
+    return accepted
+
+
+def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score: float | None = None,
+                 split: str | None = None, forced: tuple[float, float] | None = None) -> dict[str, Any]:
+    """One configuration's numbers from its proposals (and verdicts when two-stage)."""
     det = {c: {"detected": 0, "total": 0} for c in CONDITIONS}
     by_voice: dict[str, dict[str, list[int]]] = defaultdict(lambda: {c: [0, 0] for c in CONDITIONS})
-    delays, verify_ms, doubles, rejected, accepted_total = [], [], 0, 0, 0
+    delays, doubles, accepted_total = [], 0, 0
     false = {s: {"count": 0, "hours": 0.0} for s in NEGATIVE_SETS}
+    verified_neg = {s: 0 for s in NEGATIVE_SETS}
     near_texts: dict[str, int] = defaultdict(int)
     positive_stream_false = 0
+    stats = {"verify_ms": [], "rejected": 0, "ignored": 0, "verified": 0}
     for key, st in streams.items():
-        accepted = []
-        for p in prop["proposals"].get(key, []):
-            t_known = p["report_s"]
-            if cfg["verify"] and not (cfg.get("sure") is not None and p["score"] >= cfg["sure"]):
-                v = judge(verifier, p)
-                verify_ms.append(v.compute_ms)
-                if not v.accepted:
-                    rejected += 1
-                    continue
-                t_known = max(p["report_s"], p["peak_end_s"] + WINDOW_AFTER_S) + v.compute_ms / 1000.0
-            accepted.append((p["peak_end_s"], t_known, p))
+        before = stats["verified"]
+        accepted = accepted_wakes(cfg, prop["proposals"].get(key, []), verifier, forced, stats)
+        if key in verified_neg:
+            verified_neg[key] += stats["verified"] - before
         accepted_total += len(accepted)
         if key.startswith("positive:"):
             cond = key.split(":", 1)[1]
@@ -339,6 +446,7 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
         f["per_hour"] = round(f["count"] / f["hours"], 2) if f["hours"] else None
     out = {
         "engine": prop["engine"], "threshold": cfg["threshold"], "two_stage": cfg["verify"],
+        "onset": bool(cfg.get("onset")),
         "conditions": det,
         "by_voice": {v: {c: f"{n[0]}/{n[1]}" for c, n in cs.items()} for v, cs in sorted(by_voice.items())},
         "false_wakes": false,
@@ -350,11 +458,21 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
         "accepted": accepted_total,
     }
     if cfg["verify"]:
-        out["verify_ms"] = _pct(verify_ms)
+        out["verify_ms"] = _pct(stats["verify_ms"])
         out["proposals"] = sum(len(v) for v in prop["proposals"].values())
-        out["rejected"] = rejected
-        out["min_score"] = verifier.min_score
-        out["mode"] = verifier.mode
+        out["rejected"] = stats["rejected"]
+        out["verified_per_hour"] = {s: (round(verified_neg[s] / false[s]["hours"], 1) if false[s]["hours"] else None)
+                                    for s in NEGATIVE_SETS}
+        if cfg.get("verifier") == "forced":
+            out["min_margin"], out["min_log10p"] = forced
+            out["mode"] = "forced"
+        else:
+            out["min_score"] = verifier.min_score
+            out["mode"] = verifier.mode
+    if cfg.get("onset"):
+        out["ignored"] = stats["ignored"]
+        out["proposals_by_source"] = {src: sum(1 for v in prop["proposals"].values() for p in v
+                                               if p.get("source", "oww") == src) for src in ("oww", "onset")}
     return out
 
 
@@ -406,6 +524,48 @@ def _negatives_for_split(cfg, prop, neg_streams, verifier, split) -> dict[str, i
     return out
 
 
+def _forced_negatives_for_split(cfg, prop, neg_streams, forced, split) -> dict[str, int]:
+    out = {}
+    for key, st in neg_streams.items():
+        n = 0
+        for peak, _t, _p in accepted_wakes(cfg, prop["proposals"].get(key, []), None, forced):
+            f = next((f for f in st["files"] if f["start"] <= peak < f["end"]), None)
+            if f is not None and f.get("split") in (split, "all"):
+                n += 1
+        out[key] = n
+    return out
+
+
+def tune_forced(prop: dict, streams: dict, cfg: dict, min_log10p: float) -> tuple[float, list[dict]]:
+    """Pick the forced verifier's min margin on the tune half of the voices from ``MARGIN_GRID``:
+    fewest (missed positives + 3 × false wakes in the tune voices' negatives and all noise);
+    among ties, the middle of the plateau."""
+    table = []
+    pos_streams = {k: v for k, v in streams.items() if k.startswith("positive:")}
+    neg = {k: v for k, v in streams.items() if not k.startswith("positive:")}
+    for m in MARGIN_GRID:
+        pos = score_config(cfg, prop, pos_streams, split="tune", forced=(m, min_log10p))
+        negs = _forced_negatives_for_split(cfg, prop, neg, (m, min_log10p), "tune")
+        missed = {c: v["total"] - v["detected"] for c, v in pos["conditions"].items()}
+        table.append({"min_margin": m, "missed": missed, "false": negs,
+                      "cost": sum(missed.values()) + 3 * sum(negs.values())})
+    low = min(r["cost"] for r in table)
+    tied = [r["min_margin"] for r in table if r["cost"] == low]
+    return tied[(len(tied) - 1) // 2], table
+
+
+def margin_sweep(cfg: dict, prop: dict, streams: dict, min_log10p: float) -> list[dict]:
+    """Detections per condition and false wakes per negative set (all voices) at each margin of the grid."""
+    rows = []
+    for m in MARGIN_GRID:
+        r = score_config(cfg, prop, streams, forced=(m, min_log10p))
+        rows.append({"min_margin": m, **{c: r["conditions"][c]["detected"] for c in CONDITIONS},
+                     "totals": {c: r["conditions"][c]["total"] for c in CONDITIONS},
+                     **{f"false_{s}": r["false_wakes"][s]["count"] for s in NEGATIVE_SETS},
+                     "double_wakes": r["double_wakes"]})
+    return rows
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -413,9 +573,14 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
                   configs: tuple[str, ...] | list[str] | None = None,
                   progress: Callable[[str], None] | bool | None = None, *, whisper_model: str | os.PathLike | None = None,
                   min_score: float | None = None, mode: str | None = None, tune: bool = False,
-                  score_min: float = 0.5, wake_config=None) -> dict[str, Any]:
+                  score_min: float = 0.5, wake_config=None, forced_model: str | os.PathLike | None = None,
+                  min_margin: float | None = None) -> dict[str, Any]:
     """Evaluate each configuration on the wake corpus in ``corpus_dir``; the report dict (also written
-    to ``out_dir/wake_eval.json`` with every proposal in ``out_dir/wake_proposals.jsonl``)."""
+    to ``out_dir/wake_eval.json`` with every proposal in ``out_dir/wake_proposals.jsonl``).
+
+    "+forced" configurations use ``ForcedPhraseScorer`` on ``forced_model`` (default: the provisioned
+    CTranslate2 tiny.en) with ``min_margin`` (default ``MIN_MARGIN``; with ``tune`` chosen on the tune
+    split per configuration)."""
     from bench.wake_corpus import load_wake_corpus
     from workers.wake_engines import WakeEngineUnavailable
     from workers.wake_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier
@@ -432,8 +597,20 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         "heldout_voices": sorted({r["speaker"] for r in rows if r.get("split") == "heldout"}),
     }
     parsed = [parse_config(c) for c in configs]
-    verifier = None
-    if any(c["verify"] for c in parsed):
+    verifier = scorer = None
+    if any(c["verifier"] == "forced" for c in parsed):
+        from workers.wake_forced import MIN_LOG10P, MIN_MARGIN, ForcedPhraseScorer
+
+        if forced_model is None:
+            from pipeline.models import ensure_models
+
+            forced_model = ensure_models(progress=False).whisper_ct2
+        scorer = ForcedPhraseScorer(Path(forced_model), threads=2)
+        margin_default = MIN_MARGIN if min_margin is None else float(min_margin)
+    forced_cache: dict = {}
+    onset_prop: dict | None = None
+    forced_tuning: dict[str, Any] = {}
+    if any(c["verifier"] == "text" for c in parsed):
         from workers.whisper_engine import WhisperEngine
 
         if whisper_model is None:
@@ -451,7 +628,12 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     tuning = None
     for cfg in parsed:
         key = (cfg["engine"], cfg["threshold"])
-        if key not in proposals:
+        if cfg["onset"] and onset_prop is None:
+            say("wake eval: onset proposer")
+            onset_prop = propose_onsets(streams, say)
+        if cfg["engine"] is None:  # the onset proposer alone
+            pass
+        elif key not in proposals:
             try:
                 say(f"wake eval: {cfg['engine']} @ {cfg['threshold']}")
                 if cfg["engine"] in TRACE_ENGINES and cfg["engine"] not in traces:
@@ -462,11 +644,29 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
                                          traces=traces.get(cfg["engine"]))
             except (WakeEngineUnavailable, ImportError, OSError) as exc:
                 proposals[key] = {"unavailable": str(exc)}
-        prop = proposals[key]
+        prop = proposals.get(key) or {"engine": "onset", "proposals": {}, "cpu_s": 0.0, "audio_s": onset_prop["audio_s"]}
         if "unavailable" in prop:
             skipped[cfg["name"]] = prop["unavailable"]
             continue
-        if cfg["verify"]:
+        for props in prop["proposals"].values():
+            for p in props:
+                p.setdefault("source", "oww" if cfg["engine"] == "openwakeword" else cfg["engine"])
+        if cfg["onset"]:  # the union of the engine's and the onset proposer's proposals
+            prop = {"engine": prop["engine"] if cfg["engine"] is None else f"{prop['engine']}+onset",
+                    "proposals": {k: sorted(prop["proposals"].get(k, []) + onset_prop["proposals"].get(k, []),
+                                            key=lambda q: q["peak_end_s"]) for k in streams},
+                    "cpu_s": prop["cpu_s"] + onset_prop["cpu_s"], "audio_s": prop["audio_s"]}
+        if cfg["verifier"] == "forced":
+            forced_proposals(scorer, prop["proposals"], streams, say, forced_cache)
+            chosen = margin_default
+            if tune:
+                chosen, table = tune_forced(prop, streams, cfg, MIN_LOG10P)
+                forced_tuning[cfg["name"]] = {"chosen": {"min_margin": chosen}, "table": table, "split": "tune"}
+            forced = (chosen, MIN_LOG10P)
+            results[cfg["name"]] = score_config(cfg, prop, streams, forced=forced)
+            results[cfg["name"]]["heldout"] = score_config(cfg, prop, streams, split="heldout", forced=forced)["conditions"]
+            results[cfg["name"]]["margin_sweep"] = margin_sweep(cfg, prop, streams, MIN_LOG10P)
+        elif cfg["verify"]:
             if not prop.get("verified"):
                 verify_proposals(verifier, prop["proposals"], streams, say, read_cache)
                 prop["verified"] = True
@@ -492,18 +692,23 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         if out_dir is not None:  # partial results survive an interrupted run
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / "wake_eval.partial.json").write_text(json.dumps(
-                {"configs": results, "skipped": skipped, "tuning": tuning}, indent=1))
+                {"configs": results, "skipped": skipped, "tuning": tuning, "forced_tuning": forced_tuning}, indent=1))
     report = {"corpus": corpus_info, "configs": results, "skipped": skipped,
               "verifier": ({"kind": "whisper tiny.en, prompt 'Hey Jarvis.', hey+jarvis match",
                             "mode": verifier.mode, "min_score": verifier.min_score, "window_before_s": WINDOW_BEFORE_S,
                             "window_after_s": WINDOW_AFTER_S} if verifier else None),
-              "tuning": tuning}
+              "forced_verifier": ({"kind": "ctranslate2 whisper tiny.en forced score, wake vs rivals",
+                                   "model": str(forced_model), "min_margin": margin_default, "min_log10p": MIN_LOG10P,
+                                   "margin_grid": list(MARGIN_GRID), "window_before_s": WINDOW_BEFORE_S,
+                                   "window_after_s": WINDOW_AFTER_S} if scorer else None),
+              "tuning": tuning, "forced_tuning": forced_tuning}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "wake_eval.json").write_text(json.dumps(report, indent=1))
         with open(out / "wake_proposals.jsonl", "w") as fh:
-            for (eng, thr), prop in proposals.items():
+            every = list(proposals.items()) + ([(("onset", None), onset_prop)] if onset_prop else [])
+            for (eng, thr), prop in every:
                 for skey, props in prop.get("proposals", {}).items():
                     for p in props:
                         f = next((f for f in streams[skey]["files"] if f["start"] <= p["peak_end_s"] < f["end"]), {})
@@ -573,6 +778,32 @@ def summary_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def forced_details(report: dict) -> str:
+    """The forced configurations' margin sweeps, tuning, held-out numbers, near misses that woke and
+    verifications per hour of each negative set (plain text)."""
+    lines = []
+    for name, r in report["configs"].items():
+        if r.get("mode") != "forced":
+            continue
+        lines.append(f"== {name}: min margin {r['min_margin']:g}, min log10p {r['min_log10p']:g}"
+                     + (f", ignored {r['ignored']}, proposals by source {r['proposals_by_source']}" if "ignored" in r else ""))
+        lines.append("  heldout: " + " ".join(f"{c} {v['detected']}/{v['total']}" for c, v in r["heldout"].items()))
+        lines.append(f"  verified per hour: {r['verified_per_hour']}  verify ms {r['verify_ms']}")
+        if r.get("near_miss_texts"):
+            lines.append(f"  near misses that woke: {r['near_miss_texts']}")
+        lines.append(f"  {'margin':>6s} " + " ".join(f"{c:>7s}" for c in CONDITIONS)
+                     + " " + " ".join(f"{s:>9s}" for s in NEGATIVE_SETS) + "   dbl")
+        for row in r.get("margin_sweep", []):
+            lines.append(f"  {row['min_margin']:>6g} " + " ".join(f"{row[c]:>3d}/{row['totals'][c]:<3d}" for c in CONDITIONS)
+                         + " " + " ".join(f"{row['false_' + s]:>9d}" for s in NEGATIVE_SETS) + f" {row['double_wakes']:>5d}")
+        t = (report.get("forced_tuning") or {}).get(name)
+        if t:
+            for row in t["table"]:
+                lines.append("  tune: " + json.dumps(row))
+            lines.append(f"  chosen on the tune split: {t['chosen']}")
+    return "\n".join(lines)
+
+
 def _f(v, d: int = 1) -> str:
     return "-" if v is None else f"{v:.{d}f}"
 
@@ -585,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="*", help=f"default: {' '.join(DEFAULT_CONFIGS)}")
     ap.add_argument("--min-score", type=float, help="verifier min score (default: the module's)")
     ap.add_argument("--mode", choices=("text", "score", "confirm"), help="verifier mode (default: the module's)")
+    ap.add_argument("--min-margin", type=float, help="forced verifier's min margin (default: workers.wake_forced's)")
     ap.add_argument("--tune", action="store_true", help="choose the verifier's min score on the tune half of the voices")
     ap.add_argument("--rescore", metavar="PROPOSALS_JSONL",
                     help="judge the stored readings of an earlier run again (no engines, no decoding)")
@@ -609,12 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.configs or (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
     t0 = time.monotonic()
     report = run_wake_eval(corpus, args.out, configs, True, min_score=args.min_score, mode=args.mode,
-                           tune=args.tune)
+                           tune=args.tune, min_margin=args.min_margin)
     print(summary_table(report))
     if report.get("tuning"):
         for row in report["tuning"]["table"]:
             print("tune:", json.dumps(row))
         print("chosen on the tune split:", report["tuning"]["chosen"])
+    print(forced_details(report))
     print(f"({time.monotonic() - t0:.0f} s) {Path(args.out) / 'wake_eval.json'}")
     return 0
 

