@@ -78,6 +78,7 @@ class Coordinator:
         self.wake_rejections = 0
         self.verify_faults = 0  # verdicts that failed or came too late: the proposer's score decided
         self.proposals_ignored = 0  # proposals while someone was already being heard
+        self.proposals_superseded = 0  # proposals dropped unjudged because a sure wake came meanwhile
         self.speaker_late = 0  # answers that went on without the speaker result
 
     # ---- routing -----------------------------------------------------------------------
@@ -139,7 +140,12 @@ class Coordinator:
     def _accept(self, session: Session, verify_score: float | None, stt_listening: bool = False) -> None:
         """A wake to act on: supersede older sessions (barge-in), start STT and speaker ID."""
         for old in list(self.sessions.values()):  # barge-in: the newest request wins
-            if old is not session:
+            if old is session:
+                continue
+            if old.state == "proposed":  # a proposal still being checked (an utterance start, say) was no wake
+                self.proposals_superseded += 1
+                self.sessions.pop(old.id, None)
+            else:
                 self._cancel(old, "superseded by a new wake word")
         stt = self.config.stt
         session.state = "listening"

@@ -285,6 +285,22 @@ def test_a_sure_proposal_is_accepted_at_once_without_the_verifier(tmp_path):
     store.close()
 
 
+def test_an_onset_proposal_superseded_by_a_sure_wake_was_no_wake(tmp_path):
+    """An utterance start is being checked when the engine becomes sure of the same "hey jarvis": one wake,
+    and the proposal leaves no session behind (the bench would count it as a second wake)."""
+    coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
+    now = time.monotonic_ns()
+    coord.handle(WakeDetected(seq=40, score=0.0, engine="onset", audio_ns=now, detected_ns=now, start_seq=25))
+    assert sent_to(rec, "stt", StartListening) == [StartListening(1, 40, now, verify=True, start_seq=25)]
+    coord.handle(WakeDetected(seq=38, score=0.99, engine="oww", audio_ns=now, detected_ns=now, sure=True))
+    assert [e["type"] for e in rec.events] == ["wake"] and rec.events[0]["session"] == 2
+    assert list(coord.sessions) == [2] and coord.proposals_superseded == 1
+    coord.handle(WakeVerdict(1, True, 0.99, "Hey Jarvis (-1.0)", 150.0, now))  # the late verdict changes nothing
+    assert [e["type"] for e in rec.events] == ["wake"]
+    assert [r["session"] for r in store.recent()] == []  # nothing stored for the proposal
+    store.close()
+
+
 def test_a_rejected_proposal_ends_silently_and_is_counted(tmp_path):
     coord, rec, store = make_coordinator(tmp_path, env=TWO_STAGE)
     now = time.monotonic_ns()
