@@ -7,36 +7,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
+from tests.speech import tiny_wake_corpus
 
-from bench.synth import pink_noise, speech_bounds, tts_samples, write_wav16
-
-RATE = 16_000
-
-
-def _tiny_corpus(folder):
-    """Two clean wake utterances (espeak-ng en-us: tune, flite kal: heldout), a near miss, a noise clip."""
-    rows = []
-    lead = np.zeros(RATE // 2, dtype=np.int16)
-    for i, (eng, voice) in enumerate([("espeak-ng", "en-us"), ("flite", "kal")]):
-        a = np.concatenate([lead, tts_samples("Hey Jarvis, what time is it", eng, voice)])
-        start, end = speech_bounds(a)
-        _, w_end = speech_bounds(np.concatenate([lead, tts_samples("Hey Jarvis", eng, voice)]))
-        a = np.concatenate([a, np.zeros(RATE, dtype=np.int16)])
-        write_wav16(folder / f"pos{i}.wav", a)
-        rows.append({"wav": f"pos{i}.wav", "set": "positive", "condition": "clean", "wake": True,
-                     "transcript": "what time is it", "speaker": f"{eng}-{voice}", "speech_end_s": end,
-                     "kind": "command", "voice": f"{eng}:{voice}", "split": "tune" if i == 0 else "heldout",
-                     "wake_start_s": start, "wake_end_s": w_end, "text": "Hey Jarvis, what time is it"})
-    a = np.concatenate([lead, tts_samples("I bought jars of honey", "espeak-ng", "en-us"), lead])
-    write_wav16(folder / "near.wav", a)
-    rows.append({"wav": "near.wav", "set": "near_miss", "condition": "clean", "wake": False,
-                 "transcript": "I bought jars of honey", "speaker": "espeak-ng-en-us", "speech_end_s": 1.0,
-                 "kind": "negative", "split": "tune", "text": "I bought jars of honey"})
-    write_wav16(folder / "noise.wav", pink_noise(8.0, rms=300.0, seed=1))
-    rows.append({"wav": "noise.wav", "set": "noise", "condition": "clean", "wake": False, "transcript": "",
-                 "speaker": "", "speech_end_s": 0.0, "kind": "negative", "split": "all"})
-    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_parse_config_forced_and_onset():
@@ -76,12 +48,12 @@ def test_coordinator_rules_ignore_proposals_while_busy():
     assert [a[0] for a in got] == [1.5, 2.0, 4.0, 5.5]
 
 
-def test_wake_eval_forced_onset_on_a_tiny_corpus(tmp_path, models):
+def test_wake_eval_forced_onset_on_atiny_wake_corpus(tmp_path, models):
     from bench.wake_eval import MARGIN_GRID, run_wake_eval, summary_table
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    _tiny_corpus(corpus)
+    tiny_wake_corpus(corpus)
     name = "oww@0.005+onset+forced"
     report = run_wake_eval(corpus, tmp_path / "out", ["oww@0.5", name, "onset+forced"], forced_model=models.whisper_ct2)
     r = report["configs"][name]

@@ -5,12 +5,12 @@ Real components: whisper tiny.en through pywhispercpp, openWakeWord, espeak-ng/f
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
-from bench.synth import pink_noise, speech_bounds, tts_samples, write_wav16
+from bench.synth import pink_noise, speech_bounds, tts_samples
+from tests.speech import tiny_wake_corpus
 from workers.wake_verify import (
     WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier, find_wake, jarvis_score, window_samples,
 )
@@ -103,37 +103,12 @@ def test_request_after_verify_does_not_inherit_the_prompt(engine, verifier):
     assert engine.transcribe(clip) == before
 
 
-def _tiny_corpus(folder):
-    """Two wake utterances, one near miss and a noise clip in the wake corpus format."""
-    rows = []
-    lead = np.zeros(RATE // 2, dtype=np.int16)
-    for i, (eng, voice) in enumerate([("espeak-ng", "en-us"), ("flite", "kal")]):
-        a = np.concatenate([lead, tts_samples("Hey Jarvis, what time is it", eng, voice)])
-        start, end = speech_bounds(a)
-        _, w_end = speech_bounds(np.concatenate([lead, tts_samples("Hey Jarvis", eng, voice)]))
-        a = np.concatenate([a, np.zeros(RATE, dtype=np.int16)])
-        write_wav16(folder / f"pos{i}.wav", a)
-        rows.append({"wav": f"pos{i}.wav", "set": "positive", "condition": "clean", "wake": True,
-                     "transcript": "what time is it", "speaker": f"{eng}-{voice}", "speech_end_s": end,
-                     "kind": "command", "voice": f"{eng}:{voice}", "split": "tune" if i == 0 else "heldout",
-                     "wake_start_s": start, "wake_end_s": w_end, "text": "Hey Jarvis, what time is it"})
-    a = np.concatenate([lead, tts_samples("I bought jars of honey", "espeak-ng", "en-us"), lead])
-    write_wav16(folder / "near.wav", a)
-    rows.append({"wav": "near.wav", "set": "near_miss", "condition": "clean", "wake": False,
-                 "transcript": "I bought jars of honey", "speaker": "espeak-ng-en-us", "speech_end_s": 1.0,
-                 "kind": "negative", "split": "tune", "text": "I bought jars of honey"})
-    write_wav16(folder / "noise.wav", pink_noise(8.0, rms=300.0, seed=1))
-    rows.append({"wav": "noise.wav", "set": "noise", "condition": "clean", "wake": False, "transcript": "",
-                 "speaker": "", "speech_end_s": 0.0, "kind": "negative", "split": "all"})
-    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def test_wake_eval_on_a_tiny_corpus(tmp_path, models):
+def test_wake_eval_on_atiny_wake_corpus(tmp_path, models):
     from bench.wake_eval import run_wake_eval, summary_table
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    _tiny_corpus(corpus)
+    tiny_wake_corpus(corpus)
     report = run_wake_eval(corpus, tmp_path / "out", ["oww@0.5", "oww@0.1+verify", "nosuchengine"],
                            whisper_model=models.whisper)
     assert set(report) >= {"corpus", "configs", "skipped", "verifier"}

@@ -26,7 +26,6 @@ gets ~225 frames instead of 3000 (whisper.cpp's ``audio_ctx`` trick).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
