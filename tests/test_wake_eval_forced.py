@@ -10,7 +10,6 @@ import json
 from tests.speech import tiny_wake_corpus
 
 
-
 def test_parse_config_forced_and_onset():
     from bench.wake_eval import DEFAULT_CONFIGS, QUICK_CONFIGS, parse_config
 
