@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = {"spans_ms", "stages_ms", "baseline", "overhead_ms", "wake", "stt", "speaker", "idle", "drops",
                  "machine"}
 
 
+@pytest.mark.timeout(900)  # the whole harness (replays, A/B variants, wake eval, idle): ~5 min on a 2-core box
 def test_quick_bench_writes_the_contract_report(tmp_path, models):
     out = tmp_path / "out"
     env_state = {"VIGIL_METRICS__STATE_DIR": str(tmp_path / "state")}
