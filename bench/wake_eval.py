@@ -240,7 +240,7 @@ def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
                      progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
     """Decode each proposal's window once with the prompt and, after a match, once without it;
     store texts, token probabilities and compute times (judged later per mode and min score)."""
-    from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S, find_wake
+    from workers.wake_verify import find_wake
 
     eng = verifier.engine
     cache = {} if cache is None else cache
@@ -251,9 +251,7 @@ def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
             if done is not None:  # the same window, proposed at another threshold
                 p.update(done)
                 continue
-            end = int(round((p["peak_end_s"] + WINDOW_AFTER_S) * SAMPLE_RATE))
-            start = max(0, end - int(round((WINDOW_BEFORE_S + WINDOW_AFTER_S) * SAMPLE_RATE)))
-            window = audio[start:min(end, audio.size)]
+            window = _window(audio, p["peak_end_s"])
             t0 = time.perf_counter()
             p["heard"], p["tokens"] = eng.transcribe_tokens(window, initial_prompt=verifier.prompt or None)
             p["verify_ms"] = round((time.perf_counter() - t0) * 1000.0, 1)

@@ -25,7 +25,6 @@ from workers.vad import Endpointer, SileroVad
 from workers.whisper_engine import WhisperEngine
 
 SAMPLE_NS = 1_000_000_000 // 16_000
-CT2_FOLDER = "ct2-whisper-tiny.en"  # pipeline.models.WHISPER_CT2, in the models dir
 _WAKE_PREFIX = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok)\W+)?(?:jarvis|jervis|travis|javis)\b\W*", re.IGNORECASE)
 
 
@@ -50,9 +49,11 @@ def make_verifier(ctx: WorkerContext, engine: WhisperEngine):
 
             return WakeVerifier(engine)
         if wake.verify == "forced":
+            from pipeline.models import WHISPER_CT2
             from workers.wake_forced import ForcedPhraseScorer, ForcedVerifier
 
-            model_dir = Path(ctx.extra.get("models_dir") or ctx.config.models.dir).expanduser() / CT2_FOLDER
+            models_dir = Path(ctx.extra.get("models_dir") or ctx.config.models.dir).expanduser()
+            model_dir = (models_dir / WHISPER_CT2.filename).parent
             return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
                                   min_log10p=wake.verify_floor)
     except Exception:

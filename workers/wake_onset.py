@@ -27,9 +27,9 @@ ONSET_DB = 9.0          # speech: frame energy this far above the noise floor
 ONSET_GAP_S = 0.3       # non-speech before an onset
 ONSET_PROPOSE_S = 1.2   # propose this long after the onset ("hey jarvis" is inside by then)
 FLOOR_RISE_DB_PER_S = 3.0
-SILENCE_DBFS = -75.0
-RISE_DB = float(__import__('os').environ.get('RISE_DB', '8'))
-RISE_CONTEXT = 6    # digital silence: never an onset
+SILENCE_DBFS = -75.0    # digital silence: never an onset
+RISE_DB = 8.0           # ... or a frame this far over the median of the last RISE_CONTEXT frames
+RISE_CONTEXT = 6        # (0.48 s): someone starting to speak over babble, with no pause before
 
 
 def frame_dbfs(frame: np.ndarray) -> float:

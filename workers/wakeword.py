@@ -12,7 +12,7 @@ import time
 from pipeline.messages import WakeDetected
 from workers.runtime import WorkerContext
 from workers.wake_engines import WakeDetector, WakeEngineUnavailable, make_wake_engine
-from workers.wake_onset import ONSET_PROPOSE_S, OnsetProposer
+from workers.wake_onset import OnsetProposer
 
 
 def select_engine(config, log: logging.Logger):
@@ -44,7 +44,6 @@ def run(ctx: WorkerContext) -> None:
     # Two-stage only: every utterance start is a proposal too (the verifier decides), for the voices and
     # noise in which the engine stays under its proposal threshold (workers/wake_onset.py).
     onset = OnsetProposer(ctx.audio.frame_samples) if cfg.verify != "off" and cfg.onset else None
-    onset_frames = int(round(ONSET_PROPOSE_S * 16_000 / ctx.audio.frame_samples))
     warmup_frames = int(cfg.warmup_s * 16_000 / ctx.audio.frame_samples)
     reader = ctx.audio.reader(slot=ctx.spec.audio_slot)
     reader.set_active(True)
@@ -57,7 +56,7 @@ def run(ctx: WorkerContext) -> None:
         fed += 1
         if onset is not None and onset.feed(frame.samples) and fed > warmup_frames:
             ctx.send(WakeDetected(seq=frame.seq, score=0.0, engine="onset", audio_ns=frame.capture_ns,
-                                  detected_ns=time.monotonic_ns(), start_seq=frame.seq - onset_frames))
+                                  detected_ns=time.monotonic_ns(), start_seq=frame.seq - onset.propose_frames))
         detection = detector.feed(frame.samples)
         if detection is not None:
             # The detection is reported once its score stopped rising: point at the peak frame.
