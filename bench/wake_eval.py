@@ -300,9 +300,14 @@ def _window(audio: np.ndarray, peak_end_s: float) -> np.ndarray:
 
 def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
                      progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
-    """The forced score of each proposal's window, once per (stream, peak), under ``p["forced"]``
-    (None when the window cannot hold the phrase: ``checkable`` rejects it without scoring)."""
+    """The forced scores of each proposal's window, raw and denoised (both, so any margin can be judged
+    afterwards), once per (stream, peak), under ``p["forced"]`` = {"raw": ..., "denoised": ...} (None when
+    the window cannot hold the phrase: ``checkable`` rejects it without scoring)."""
     from workers.wake_verify import checkable
+
+    def reading(f) -> dict:
+        return {"wake_log10p": f.wake_log10p, "rival": f.rival, "rival_log10p": f.rival_log10p,
+                "margin": f.margin, "compute_ms": f.compute_ms, "phrase_end_s": f.phrase_end_s}
 
     cache = {} if cache is None else cache
     for key, props in proposals.items():
@@ -312,10 +317,8 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
             ck = (key, p["peak_end_s"])
             if ck not in cache:
                 a = checkable(_window(audio, p["peak_end_s"]))
-                f = None if a is None else scorer.score(a)
-                cache[ck] = None if f is None else {
-                    "wake_log10p": f.wake_log10p, "rival": f.rival, "rival_log10p": f.rival_log10p,
-                    "margin": f.margin, "compute_ms": f.compute_ms, "phrase_end_s": f.phrase_end_s}
+                cache[ck] = None if a is None else {"raw": reading(scorer.score(a)),
+                                                    "denoised": reading(scorer.score(a, denoise=True))}
                 todo += 1
             p["forced"] = cache[ck]
         if progress:
@@ -323,12 +326,16 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
 
 
 def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, float]:
-    """(accepted, compute ms) of the forced verifier on a stored reading: as ``ForcedVerifier.check``,
-    the wake beats its best rival by ``min_margin`` and is itself at least ``min_log10p`` likely."""
+    """(accepted, compute ms) of the forced verifier on stored readings, as ``ForcedVerifier.check``: the
+    raw view, and the denoised one only when the raw view is turned down (``ForcedPhraseScorer.score_views``)."""
+    from workers.wake_forced import accepts
+
     f = p.get("forced")
     if f is None:
         return False, 0.0
-    return f["margin"] >= min_margin and f["wake_log10p"] >= min_log10p, f["compute_ms"]
+    if accepts(f["raw"], min_margin, min_log10p):
+        return True, f["raw"]["compute_ms"]
+    return accepts(f["denoised"], min_margin, min_log10p), f["raw"]["compute_ms"] + f["denoised"]["compute_ms"]
 
 
 def judge(verifier, p: dict):

@@ -30,10 +30,11 @@ def test_coordinator_rules_ignore_proposals_while_busy():
     from bench.wake_eval import accepted_wakes, parse_config
 
     def p(t, margin, ms=100.0, src="oww"):
+        view = {"margin": margin, "wake_log10p": -1.0, "compute_ms": ms / 2}
         return {"peak_end_s": t, "report_s": t, "score": 0.01, "source": src,
-                "forced": {"margin": margin, "wake_log10p": -1.0, "compute_ms": ms}}
+                "forced": {"raw": view, "denoised": view}}
 
-    props = [p(1.0, -2.0, ms=500.0),   # rejected, verdict at 1.0 + 0.25 + 0.5 = 1.75
+    props = [p(1.0, -2.0, ms=500.0),   # rejected in both views, verdict at 1.0 + 0.25 + 0.5 = 1.75
              p(1.5, 2.0),              # arrives while the first is verified: ignored
              p(2.0, 2.0, src="onset"),  # accepted
              p(4.0, 2.0),              # within 3 s of that wake: ignored
