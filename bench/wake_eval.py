@@ -327,15 +327,16 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
 
 def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, float]:
     """(accepted, compute ms) of the forced verifier on stored readings, as ``ForcedVerifier.check``: the
-    raw view, and the denoised one only when the raw view is turned down (``ForcedPhraseScorer.score_views``)."""
-    from workers.wake_forced import accepts
+    raw view, and the denoised one only when the raw view is a close call turned down."""
+    from workers.wake_forced import accepts, worth_a_second_look
 
     f = p.get("forced")
     if f is None:
         return False, 0.0
-    if accepts(f["raw"], min_margin, min_log10p):
-        return True, f["raw"]["compute_ms"]
-    return accepts(f["denoised"], min_margin, min_log10p), f["raw"]["compute_ms"] + f["denoised"]["compute_ms"]
+    raw = f["raw"]
+    if accepts(raw, min_margin, min_log10p) or not worth_a_second_look(raw):
+        return accepts(raw, min_margin, min_log10p), raw["compute_ms"]
+    return accepts(f["denoised"], min_margin, min_log10p), raw["compute_ms"] + f["denoised"]["compute_ms"]
 
 
 def judge(verifier, p: dict):

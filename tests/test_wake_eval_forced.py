@@ -30,11 +30,11 @@ def test_coordinator_rules_ignore_proposals_while_busy():
     from bench.wake_eval import accepted_wakes, parse_config
 
     def p(t, margin, ms=100.0, src="oww"):
-        view = {"margin": margin, "wake_log10p": -1.0, "compute_ms": ms / 2}
+        view = {"margin": margin, "wake_log10p": -1.0, "compute_ms": ms}  # far from a close call: one look
         return {"peak_end_s": t, "report_s": t, "score": 0.01, "source": src,
                 "forced": {"raw": view, "denoised": view}}
 
-    props = [p(1.0, -2.0, ms=500.0),   # rejected in both views, verdict at 1.0 + 0.25 + 0.5 = 1.75
+    props = [p(1.0, -2.0, ms=500.0),   # rejected, verdict at 1.0 + 0.25 + 0.5 = 1.75
              p(1.5, 2.0),              # arrives while the first is verified: ignored
              p(2.0, 2.0, src="onset"),  # accepted
              p(4.0, 2.0),              # within 3 s of that wake: ignored
@@ -82,3 +82,17 @@ def test_wake_eval_forced_onset_on_atiny_wake_corpus(tmp_path, models):
     assert {row["source"] for row in rows} == {"oww", "onset"}
     table = summary_table(report)
     assert name in table and "onset+forced" in table
+
+
+def test_judge_forced_takes_the_denoised_look_only_after_a_close_call():
+    from bench.wake_eval import judge_forced
+
+    def p(raw_margin, raw_wake=-4.0):
+        return {"forced": {"raw": {"margin": raw_margin, "wake_log10p": raw_wake, "compute_ms": 200.0},
+                           "denoised": {"margin": 1.0, "wake_log10p": -4.0, "compute_ms": 210.0}}}
+
+    assert judge_forced(p(0.8), 0.5, -7.0) == (True, 200.0)     # the raw look accepts: one pass
+    assert judge_forced(p(0.0), 0.5, -7.0) == (True, 410.0)     # a close call: denoised, and it accepts
+    assert judge_forced(p(-3.0), 0.5, -7.0) == (False, 200.0)   # far from the wake phrase: no second look
+    assert judge_forced(p(0.0, raw_wake=-10.0), 0.5, -7.0) == (False, 200.0)
+    assert judge_forced({"forced": None}, 0.5, -7.0) == (False, 0.0)
