@@ -165,6 +165,50 @@ def score_traces(engine_name: str, streams: dict, wake_config=None,
     return out
 
 
+def gate_check(streams: dict, ungated: dict, wake_config=None, threshold: float = 0.005,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Does the idle gate (workers/wake_gate.py) change any proposal, and what does it save?
+
+    openWakeWord runs gated over every stream; its score trace is compared with the ungated one
+    (``score_traces``): the proposals at ``threshold`` (the two-stage proposal threshold) must be the
+    same, and frames where either trace reaches it must score the same.
+    """
+    from workers.wake_engines import make_wake_engine
+    from workers.wake_gate import GatedEngine
+
+    engine = make_wake_engine("openwakeword", wake_config)
+    gated = {"engine": ungated["engine"], "traces": {}, "cpu_s": 0.0, "audio_s": 0.0}
+    by_set: dict[str, Any] = {}
+    for key, st in streams.items():
+        engine.reset()
+        gate = GatedEngine(engine)
+        audio = st["audio"]
+        n = audio.size // FRAME
+        trace = np.zeros(n, dtype=np.float32)
+        c0 = time.process_time()
+        for i in range(n):
+            trace[i] = gate.score(audio[i * FRAME:(i + 1) * FRAME])
+        cpu = time.process_time() - c0
+        gated["traces"][key], gated["cpu_s"], gated["audio_s"] = trace, gated["cpu_s"] + cpu, gated["audio_s"] + n * FRAME / SAMPLE_RATE
+        ref = ungated["traces"][key][:n]
+        either = (ref >= threshold) | (trace >= threshold)
+        by_set[key] = {"cpu_ms_per_audio_s": round(cpu * 1000.0 / max(n * FRAME / SAMPLE_RATE, 1e-9), 2),
+                       "skipped": round(gate.skipped_frames / max(n, 1), 4), "catchups": gate.catchups,
+                       "max_score_diff": round(float(np.abs(ref - trace)[either].max()) if either.any() else 0.0, 5)}
+        if progress:
+            progress(f"gate check {key}: {by_set[key]}")
+    before = propose("openwakeword", threshold, streams, traces=ungated)["proposals"]
+    after = propose("openwakeword", threshold, streams, traces=gated)["proposals"]
+    for key in streams:
+        a = {(p["peak_end_s"], p["score"]) for p in before[key]}
+        b = {(p["peak_end_s"], p["score"]) for p in after[key]}
+        by_set[key].update(proposals=len(a), proposals_lost=len(a - b), proposals_added=len(b - a))
+    return {"threshold": threshold, "by_stream": by_set,
+            "cpu_ms_per_audio_s": {"ungated": round(ungated["cpu_s"] * 1000.0 / max(ungated["audio_s"], 1e-9), 2),
+                                   "gated": round(gated["cpu_s"] * 1000.0 / max(gated["audio_s"], 1e-9), 2)},
+            "proposals_changed": sum(v["proposals_lost"] + v["proposals_added"] for v in by_set.values())}
+
+
 def _traces_path(out_dir, engine: str) -> Path | None:
     return None if out_dir is None else Path(out_dir) / f"traces-{engine}.npz"
 
@@ -699,7 +743,11 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / "wake_eval.partial.json").write_text(json.dumps(
                 {"configs": results, "skipped": skipped, "tuning": tuning, "forced_tuning": forced_tuning}, indent=1))
-    report = {"corpus": corpus_info, "configs": results, "skipped": skipped,
+    gate = None
+    if "openwakeword" in traces:  # the idle gate must not change a proposal (workers/wake_gate.py)
+        say("wake eval: openWakeWord behind the idle gate")
+        gate = gate_check(streams, traces["openwakeword"], wake_config, progress=say)
+    report = {"corpus": corpus_info, "configs": results, "skipped": skipped, "gate": gate,
               "verifier": ({"kind": "whisper tiny.en, prompt 'Hey Jarvis.', hey+jarvis match",
                             "mode": verifier.mode, "min_score": verifier.min_score, "window_before_s": WINDOW_BEFORE_S,
                             "window_after_s": WINDOW_AFTER_S} if verifier else None),
@@ -854,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
             print("tune:", json.dumps(row))
         print("chosen on the tune split:", report["tuning"]["chosen"])
     print(forced_details(report))
+    if report.get("gate"):
+        print("idle gate:", json.dumps(report["gate"]))
     print(f"({time.monotonic() - t0:.0f} s) {Path(args.out) / 'wake_eval.json'}")
     return 0
 

@@ -57,6 +57,7 @@ class WakeConfig:
     verify_margin: float = 0.5  # "forced": log10 p(wake) - log10 p(best rival) needed to accept ...
     verify_floor: float = -7.0  # ... and log10 p("Hey Jarvis") itself (bench.wake_eval's sweep)
     onset: bool = True  # also propose each utterance start (catches voices the engine scores low)
+    gate: bool = True  # run the engine only while the room is not silent / steady noise (workers/wake_gate.py)
     proposal_threshold: float = 0.005  # measured with the forced verifier (bench.wake_eval)
     verify_deadline_s: float = 1.5  # proposal → verdict; past it the proposer's own score decides
     # A proposal whose peak reaches this is accepted at once, unverified: on the wake corpus the forced

@@ -12,6 +12,7 @@ import time
 from pipeline.messages import WakeDetected
 from workers.runtime import WorkerContext
 from workers.wake_engines import WakeDetector, WakeEngineUnavailable, make_wake_engine
+from workers.wake_gate import GatedEngine
 from workers.wake_onset import OnsetProposer
 
 
@@ -33,6 +34,8 @@ def select_engine(config, log: logging.Logger):
 def run(ctx: WorkerContext) -> None:
     cfg = ctx.config.wake
     engine = select_engine(ctx.config, ctx.log)
+    if cfg.gate:  # idle CPU: the engine sleeps through silence and steady noise, with no detection lost
+        engine = GatedEngine(engine)
     # Two-stage wake: the engine only proposes (low threshold) and each proposal is followed to its
     # peak (at most 480 ms, less once it is sure); the coordinator accepts a sure peak at once and
     # sends the rest to the verifier. Single stage: fire at the crossing of `threshold`, as before.
