@@ -239,7 +239,22 @@ def _wake_engines_section(wake: dict) -> list[str]:
         rows.append([f"`{name}`", "skipped: " + str(why)[:120]] + [""] * 10)
     return out + table(["config", "clean", "pink", "babble", "held-out voices (c/p/b)", "ordinary false/h",
                         "noise false/h", "near-miss false", "double wakes", "delay p50 / p95 ms",
-                        "proposer CPU ms/s", "verify p50 / p95 ms"], rows) + [""]
+                        "proposer CPU ms/s", "verify p50 / p95 ms"], rows) + [""] + _wake_gate_section(wake)
+
+
+def _wake_gate_section(wake: dict) -> list[str]:
+    """openWakeWord behind the idle gate (workers/wake_gate.py) against ungated, per stream of the corpus."""
+    gate = _dict(wake.get("gate"))
+    if not gate:
+        return []
+    rows = [[f"`{k}`", fmt(_dict(v).get("cpu_ms_per_audio_s"), 1), fmt_pct(_dict(v).get("skipped")),
+             fmt_int(_dict(v).get("proposals")), fmt_int(_dict(v).get("proposals_lost")),
+             fmt_int(_dict(v).get("proposals_added"))] for k, v in _dict(gate.get("by_stream")).items()]
+    cpu = _dict(gate.get("cpu_ms_per_audio_s"))
+    return (["### Idle gate", "",
+             f"openWakeWord CPU ms per audio second: {fmt(cpu.get('ungated'), 1)} ungated, {fmt(cpu.get('gated'), 1)} "
+             f"gated; proposals at {gate.get('threshold')} changed: {fmt_int(gate.get('proposals_changed'))}.", ""]
+            + table(["stream", "gated CPU ms/s", "frames skipped", "proposals", "lost", "added"], rows) + [""])
 
 
 def _stt_speaker_section(report: dict) -> list[str]:

@@ -168,7 +168,7 @@ def measure_wake(config: Config, run_dir: Path, quick: bool, progress: bool) -> 
     return {"default_config": default, "conditions": chosen.get("conditions"),
             "false_wakes_by_set": chosen.get("false_wakes"), "phrase_end_to_wake_ms": chosen.get("delay_ms"),
             "by_voice": chosen.get("by_voice"), "by_engine": result["configs"], "skipped": result["skipped"],
-            "verifier": result["verifier"], "corpus": result["corpus"]}
+            "verifier": result["verifier"], "corpus": result["corpus"], "gate": result.get("gate")}
 
 
 def _ratio(base: dict, ours: dict, key: str) -> float | None:

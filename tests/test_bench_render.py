@@ -164,6 +164,20 @@ def test_render_full_report(tmp_path):
     assert "8.3 %" in md  # WER
 
 
+def test_render_shows_the_idle_gate_check(tmp_path):
+    report = full_report()
+    report["wake"] = {"by_engine": {"oww@0.5": {"conditions": {}}}, "gate": {
+        "threshold": 0.005, "proposals_changed": 3, "cpu_ms_per_audio_s": {"ungated": 67.6, "gated": 13.8},
+        "by_stream": {"noise": {"cpu_ms_per_audio_s": 34.6, "skipped": 0.66, "proposals": 31,
+                                "proposals_lost": 2, "proposals_added": 1}}}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    render(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "### Idle gate" in md and "67.6 ungated, 13.8 gated" in md and "changed: 3" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `noise`"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["`noise`", "34.6", "66.0 %", "31", "2", "1"]
+
+
 def test_render_sparse_report(tmp_path):
     report = {"run": "empty", "spans_ms": {"speech_end_to_first_token": percentiles([])},
               "baseline": {}, "idle": None, "load": None, "utterances": [], "speaker": {"accuracy": None},
