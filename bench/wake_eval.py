@@ -138,6 +138,16 @@ class _Replay:
         self.mute = 5
 
 
+def _trace(engine, audio: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """One engine's score for every FRAME of ``audio``: (trace, CPU seconds it took, audio seconds)."""
+    n = audio.size // FRAME
+    trace = np.zeros(n, dtype=np.float32)
+    c0 = time.process_time()
+    for i in range(n):
+        trace[i] = engine.score(audio[i * FRAME:(i + 1) * FRAME])
+    return trace, time.process_time() - c0, n * FRAME / SAMPLE_RATE
+
+
 def score_traces(engine_name: str, streams: dict, wake_config=None,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one engine over every stream once; the per-frame score trace and the CPU time it took.
@@ -151,17 +161,12 @@ def score_traces(engine_name: str, streams: dict, wake_config=None,
     out: dict[str, Any] = {"engine": getattr(engine, "name", engine_name), "traces": {}, "cpu_s": 0.0, "audio_s": 0.0}
     for key, st in streams.items():
         engine.reset()
-        audio = st["audio"]
-        n = audio.size // FRAME
-        trace = np.zeros(n, dtype=np.float32)
-        c0 = time.process_time()
-        for i in range(n):
-            trace[i] = engine.score(audio[i * FRAME:(i + 1) * FRAME])
-        out["cpu_s"] += time.process_time() - c0
-        out["audio_s"] += n * FRAME / SAMPLE_RATE
+        trace, cpu, seconds = _trace(engine, st["audio"])
+        out["cpu_s"] += cpu
+        out["audio_s"] += seconds
         out["traces"][key] = trace
         if progress:
-            progress(f"{engine_name}: scored {key} ({n * FRAME / SAMPLE_RATE / 60:.1f} min)")
+            progress(f"{engine_name}: scored {key} ({seconds / 60:.1f} min)")
     return out
 
 
@@ -182,18 +187,12 @@ def gate_check(streams: dict, ungated: dict, wake_config=None, threshold: float 
     for key, st in streams.items():
         engine.reset()
         gate = GatedEngine(engine)
-        audio = st["audio"]
-        n = audio.size // FRAME
-        trace = np.zeros(n, dtype=np.float32)
-        c0 = time.process_time()
-        for i in range(n):
-            trace[i] = gate.score(audio[i * FRAME:(i + 1) * FRAME])
-        cpu = time.process_time() - c0
-        gated["traces"][key], gated["cpu_s"], gated["audio_s"] = trace, gated["cpu_s"] + cpu, gated["audio_s"] + n * FRAME / SAMPLE_RATE
-        ref = ungated["traces"][key][:n]
+        trace, cpu, seconds = _trace(gate, st["audio"])
+        gated["traces"][key], gated["cpu_s"], gated["audio_s"] = trace, gated["cpu_s"] + cpu, gated["audio_s"] + seconds
+        ref = ungated["traces"][key][:trace.size]
         either = (ref >= threshold) | (trace >= threshold)
-        by_set[key] = {"cpu_ms_per_audio_s": round(cpu * 1000.0 / max(n * FRAME / SAMPLE_RATE, 1e-9), 2),
-                       "skipped": round(gate.skipped_frames / max(n, 1), 4), "catchups": gate.catchups,
+        by_set[key] = {"cpu_ms_per_audio_s": round(cpu * 1000.0 / max(seconds, 1e-9), 2),
+                       "skipped": round(gate.skipped_frames / max(trace.size, 1), 4), "catchups": gate.catchups,
                        "max_score_diff": round(float(np.abs(ref - trace)[either].max()) if either.any() else 0.0, 5)}
         if progress:
             progress(f"gate check {key}: {by_set[key]}")
