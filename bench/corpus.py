@@ -36,7 +36,7 @@ import numpy as np
 
 from bench import synth
 from bench.synth import engine_available, pink_noise, speech_bounds, tts_samples, write_wav16
-from workers.audio_sources import SAMPLE_RATE, AudioFormatError, read_wav_info
+from core.audio import SAMPLE_RATE, AudioFormatError, read_wav_info
 
 MANIFEST = "manifest.jsonl"
 STAMP = "corpus_version"

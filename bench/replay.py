@@ -22,7 +22,7 @@ import numpy as np
 from bench.resources import ResourceSampler
 from bench.synth import write_wav16
 from pipeline.metrics_store import MetricsStore
-from workers.audio_sources import load_wav
+from core.audio import load_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000

@@ -28,7 +28,7 @@ from bench.replay import RATE, build_replay, run_pipeline
 from bench.resources import summarize
 from bench.speaker_bench import speaker_summary
 from bench.synth import pink_noise, write_wav16
-from pipeline.config import Config
+from core.config import Config
 from pipeline.latency import percentiles
 
 STAGES = {"stt": "stt_compute", "llm_first_token": "llm_first_token_compute"}
@@ -279,7 +279,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     from bench.render import render
     from bench.speaker_bench import enroll_voices
     from bench.variants import measure_variants
-    from pipeline.models import ensure_models
+    from models.provision import ensure_models
 
     models = ensure_models(Path(config.models.dir), progress=progress)
     corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick, progress=progress).parent

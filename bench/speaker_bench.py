@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.speaker_eval import ENROLL_N, SENTENCES
 from bench.synth import tts_samples
-from pipeline.config import Config
+from core.config import Config
 
 # corpus speaker id → enrolled name; the rest of the corpus voices are strangers or variants.
 ENROLLED = {"flite-kal": "kal", "flite-slt": "slt", "flite-awb": "awb", "espeak-en-us": "us", "espeak-en-f3": "f3"}
@@ -25,7 +25,7 @@ _TTS = {"flite-kal": ("flite", "kal"), "flite-slt": ("flite", "slt"), "flite-awb
 
 def enroll_voices(config: Config, state_dir: Path) -> dict[str, str]:
     """Enroll the ENROLLED voices into `state_dir` (what the replayed pipeline will use)."""
-    from pipeline.enroll import enroll_from_audio, load_engine
+    from tools.enroll import enroll_from_audio, load_engine
 
     config = dataclasses.replace(config, metrics=dataclasses.replace(config.metrics, state_dir=str(state_dir)))
     engine = load_engine(config)

@@ -57,7 +57,7 @@ ENROLL_N = 3
 
 
 def synth_corpus(voices, sentences=SENTENCES) -> dict[str, list[np.ndarray]]:
-    from tests.speech import synth
+    from bench.speech import synth
 
     return {v: [synth(s, v) for s in sentences] for v in voices}
 
@@ -84,7 +84,7 @@ def evaluate(engine, corpus: dict[str, list[np.ndarray]], enrolled=ENROLLED, str
 
     Enrollment uses whole utterances; ``test_clip_s`` cuts the test utterances to their first
     seconds (the worker may judge only a short request)."""
-    from pipeline.voiceprints import VoiceprintStore
+    from engines.speaker.voiceprints import VoiceprintStore
 
     cut = int(test_clip_s * 16_000) if test_clip_s else None
     embs = {v: [engine.embed(c if i < ENROLL_N or cut is None else c[:cut]) for i, c in enumerate(clips)]
@@ -141,17 +141,17 @@ kind, arg = sys.argv[1], sys.argv[2]
 rss0 = psutil.Process().memory_info().rss
 t_import = time.perf_counter()
 if kind == "resemblyzer":
-    from workers.speaker_engines import ResemblyzerNumpy as E
+    from engines.speaker.resemblyzer import ResemblyzerNumpy as E
     import workers.speaker  # the worker's own imports
     t_import = time.perf_counter() - t_import
     t = time.perf_counter(); eng = E(arg, threads=1); load = time.perf_counter() - t
 else:
     import torch
-    from workers.speaker_engines import SpeechbrainEcapa as E
+    from engines.speaker.speechbrain import SpeechbrainEcapa as E
     import workers.speaker
     t_import = time.perf_counter() - t_import
     t = time.perf_counter(); eng = E(arg, threads=1); load = time.perf_counter() - t
-from tests.speech import synth
+from bench.speech import synth
 clip = synth("Please turn on the lights in the kitchen and close the front door.", "en-us")[: 3 * 16000]
 times = []
 for i in range(7):
@@ -189,9 +189,9 @@ def worker_rss(**speaker) -> dict:
     """RSS of the real speaker worker process (spawned by the supervisor) after it answered once."""
     import psutil
 
-    from pipeline.messages import SpeakerResult, StartListening
-    from tests.speech import pad, synth
-    from tests.test_speaker import WAKE_AT, WorkerRig
+    from core.messages import SpeakerResult, StartListening
+    from bench.speech import pad, synth
+    from bench.worker_rig import WAKE_AT, WorkerRig
 
     with tempfile.TemporaryDirectory() as state:
         rig = WorkerRig(Path(state), **speaker)
@@ -217,7 +217,7 @@ def cost(weights: Path) -> dict:
     except ImportError:
         result["speechbrain"] = {"error": "speechbrain not installed"}
         return result
-    from tests.test_speaker import build_ecapa_folder
+    from bench.ecapa import build_ecapa_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         # the size of speechbrain/spkrec-ecapa-voxceleb: channels 1024 (x4) + 3072, 192-d embeddings
@@ -270,8 +270,8 @@ def _print_cost(report: dict) -> None:
 def run(out: Path, threshold: float = 0.75, with_cost: bool = True) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from pipeline.models import ensure_speaker_model
-    from workers.speaker_engines import ResemblyzerNumpy
+    from models.provision import ensure_speaker_model
+    from engines.speaker.resemblyzer import ResemblyzerNumpy
 
     threadpool_limits(1)
     weights = ensure_speaker_model(progress=False)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -68,7 +67,7 @@ def save(name: str, data: dict, table: str) -> None:
 
 def make_decoder(model: Path, beam: int, threads: int):
     """A WhisperEngine (validated file, audio_ctx sizing, float32 input); beam > 1 swaps in beam search."""
-    from workers.whisper_engine import WhisperEngine
+    from engines.stt.whispercpp import WhisperEngine
 
     engine = WhisperEngine(model, n_threads=threads)
     if beam > 1:
@@ -88,8 +87,8 @@ PREROLL_FRAMES = 4  # round(0.3 s * 16000 / 1280), as workers/stt.py computes it
 
 def wake_frames(rows: list[dict], threshold: float = 0.5) -> dict[str, int | None]:
     """Where openWakeWord (the default engine) fires in each file, as the pipeline would see it."""
-    from workers.audio_sources import load_wav
-    from workers.wake_engines import OpenWakeWordEngine
+    from core.audio import load_wav
+    from engines.wake.oww import OpenWakeWordEngine
 
     engine = OpenWakeWordEngine()
     found: dict[str, int | None] = {}
@@ -105,16 +104,16 @@ def wake_frames(rows: list[dict], threshold: float = 0.5) -> dict[str, int | Non
 
 
 def study_wer(limit: int | None, threads: int) -> dict:
-    from bench.wer import normalize, word_errors
-    from pipeline.models import WHISPER, WHISPER_BASE, default_models_dir
-    from workers.audio_sources import load_wav
+    from bench.wer import word_errors
+    from models.provision import WHISPER, WHISPER_BASE, default_models_dir
+    from core.audio import load_wav
     from workers.stt import strip_wake_phrase
 
     models_dir = default_models_dir()
     models = {"tiny.en": models_dir / WHISPER.filename, "base": models_dir / WHISPER_BASE.filename}
     missing = [f"{k} ({p})" for k, p in models.items() if not p.is_file()]
     if missing:
-        raise SystemExit(f"missing model(s): {', '.join(missing)} — run `python -m pipeline.models --base`")
+        raise SystemExit(f"missing model(s): {', '.join(missing)} — run `python -m models.provision --base`")
     configs = [(m, beam) for m in models for beam in (1, 5)]
     decoders = {(m, beam): make_decoder(models[m], beam, threads) for m, beam in configs}
     rows = [r for r in load_manifest(corpus_dir()) if r["wake"]]
@@ -242,7 +241,7 @@ class Clip:
 def build_clips(rows: list[dict], noise_snr_db: float | None, pauses_ms: tuple[int, ...]) -> list[Clip]:
     """Corpus files, plus hesitation clips: "Hey Jarvis, <request A>" + pause + <request B's speech>."""
     from bench.synth import mix_at_snr, pink_noise
-    from workers.audio_sources import load_wav
+    from core.audio import load_wav
 
     clips = []
     audio = {r["wav"]: load_wav(r["path"]) for r in rows}
@@ -273,7 +272,7 @@ def build_clips(rows: list[dict], noise_snr_db: float | None, pauses_ms: tuple[i
 
 def vad_probs(engine: str, audio: np.ndarray) -> tuple[list[float], float]:
     """Per-512-sample-chunk speech probabilities and the CPU seconds it took."""
-    from workers.vad import CHUNK_SAMPLES, SileroVad
+    from engines.stt.vad import CHUNK_SAMPLES, SileroVad
 
     vad = SileroVad() if engine == "silero" else WebRtcVadAdapter(int(engine.split(":")[1]))
     vad.reset()
@@ -308,7 +307,7 @@ def endpoint_from_probs(probs: list[float], threshold: float, end_silence_ms: in
 
 def check_replay_matches_endpointer(clip: Clip, end_silence_ms: int) -> None:
     """The replayed rule must agree with the real Endpointer (else the study measures the wrong thing)."""
-    from workers.vad import Endpointer, SileroVad
+    from engines.stt.vad import Endpointer, SileroVad
 
     ep = Endpointer(SileroVad(), end_silence_ms=end_silence_ms, no_speech_timeout_s=30, max_utterance_s=60)
     real = None

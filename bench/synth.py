@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.audio_sources import SAMPLE_RATE, load_wav
+from core.audio import SAMPLE_RATE, load_wav
 
 ENGINES = ("espeak-ng", "flite")
 MIN_PAD_S = 0.05

@@ -37,7 +37,7 @@ import numpy as np
 from bench import synth
 from bench.corpus import MANIFEST, _slug, build_locked
 from bench.synth import engine_available, mix_at_snr, pink_noise, speech_bounds, tts_samples, write_wav16
-from workers.audio_sources import SAMPLE_RATE
+from core.audio import SAMPLE_RATE
 
 WAKE_CORPUS_VERSION = 1
 WAKE_PHRASE = "Hey Jarvis"
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_wake_corpus(manifest.parent)
     from collections import Counter
 
-    from workers.audio_sources import read_wav_info
+    from core.audio import read_wav_info
 
     secs = Counter()
     for r in rows:

@@ -4,10 +4,10 @@ false wakes per hour per negative set, delay, CPU, verifier cost, double wakes.
 How: the corpus files of one set (positives of one condition, near misses, ordinary
 speech, noise) are concatenated into one stream (2 s of silence first, for the
 detector's warm-up) and fed frame by frame (1280 samples) through
-``workers.wake_engines.WakeDetector`` and an engine — as fast as the CPU allows, not
+``engines.wake.detector.WakeDetector`` and an engine — as fast as the CPU allows, not
 paced.  A two-stage configuration hands each proposal's window (``WINDOW_BEFORE_S``
 before the end of the peak frame, ``WINDOW_AFTER_S`` after) to
-``workers.wake_verify.WakeVerifier``.  Proposals at the same threshold are computed once
+``engines.wake.text_verify.WakeVerifier``.  Proposals at the same threshold are computed once
 and shared by the single-stage and two-stage configurations of that threshold.
 
 Scoring:
@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.latency import percentiles
-from workers.audio_sources import SAMPLE_RATE, load_wav
+from core.audio import SAMPLE_RATE, load_wav
 
 FRAME = 1280
 LEAD_SILENCE_S = 2.0
@@ -59,7 +59,7 @@ def parse_config(name: str) -> dict[str, Any]:
     """"oww@0.1+verify" → engine openwakeword, threshold 0.1, verify True; "porcupine" → its default.
 
     "+verify": the whisper text verifier (``WakeVerifier``) judges each proposal; "+forced": the
-    forced-score verifier (``workers.wake_forced``) does.  "+onset": the onset proposer's proposals
+    forced-score verifier (``engines.wake.forced``) does.  "+onset": the onset proposer's proposals
     are added to the engine's (with a verifier only); "onset+forced": the onset proposer alone.
     "+sure0.97" after the verifier: a proposal peaking at 0.97 or more is accepted unverified (the
     pipeline's `[wake] sure_threshold`)."""
@@ -155,9 +155,10 @@ def score_traces(engine_name: str, streams: dict, wake_config=None,
     Only for engines whose reset does not change later scores beyond a few frames
     (openWakeWord: reset clears its prediction buffer, the features go on).
     """
-    from workers.wake_engines import make_wake_engine
+    from engines.wake import make_wake_engine
+    from models.porcupine import ensure_porcupine_legacy
 
-    engine = make_wake_engine(engine_name, wake_config)
+    engine = make_wake_engine(engine_name, wake_config, porcupine_legacy=ensure_porcupine_legacy)
     out: dict[str, Any] = {"engine": getattr(engine, "name", engine_name), "traces": {}, "cpu_s": 0.0, "audio_s": 0.0}
     for key, st in streams.items():
         engine.reset()
@@ -178,8 +179,8 @@ def gate_check(streams: dict, ungated: dict, wake_config=None, threshold: float 
     (``score_traces``): the proposals at ``threshold`` (the two-stage proposal threshold) must be the
     same, and frames where either trace reaches it must score the same.
     """
-    from workers.wake_engines import make_wake_engine
-    from workers.wake_gate import GatedEngine
+    from engines.wake import make_wake_engine
+    from engines.wake.gate import GatedEngine
 
     engine = make_wake_engine("openwakeword", wake_config)
     gated = {"engine": ungated["engine"], "traces": {}, "cpu_s": 0.0, "audio_s": 0.0}
@@ -255,7 +256,9 @@ def propose(engine_name: str, threshold: float, streams: dict, wake_config=None,
     With ``traces`` (from ``score_traces``) the engine is not run again: the detector replays
     the recorded scores (its CPU time is the trace's).
     """
-    from workers.wake_engines import WakeDetector, make_wake_engine
+    from engines.wake.detector import WakeDetector
+    from engines.wake import make_wake_engine
+    from models.porcupine import ensure_porcupine_legacy
 
     if traces is not None:
         out = {"engine": traces["engine"], "proposals": {}, "cpu_s": traces["cpu_s"], "audio_s": traces["audio_s"]}
@@ -263,7 +266,7 @@ def propose(engine_name: str, threshold: float, streams: dict, wake_config=None,
             det = WakeDetector(_Replay(trace, traces["engine"]), threshold=threshold, warmup_s=1.5, refractory_s=2.0)
             out["proposals"][key] = _detect(det, lambda i: None, trace.size)
         return out
-    engine = make_wake_engine(engine_name, wake_config)
+    engine = make_wake_engine(engine_name, wake_config, porcupine_legacy=ensure_porcupine_legacy)
     out = {"engine": getattr(engine, "name", engine_name), "proposals": {}, "cpu_s": 0.0, "audio_s": 0.0}
     for key, st in streams.items():
         engine.reset()
@@ -283,7 +286,7 @@ def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
                      progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
     """Decode each proposal's window once with the prompt and, after a match, once without it;
     store texts, token probabilities and compute times (judged later per mode and min score)."""
-    from workers.wake_verify import find_wake
+    from engines.wake.text_verify import find_wake
 
     eng = verifier.engine
     cache = {} if cache is None else cache
@@ -310,9 +313,9 @@ def verify_proposals(verifier, proposals: dict[str, list[dict]], streams: dict,
 
 
 def propose_onsets(streams: dict, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The onset proposer (``workers.wake_onset``) over every stream, a fresh one per stream: a proposal
+    """The onset proposer (``engines.wake.onset``) over every stream, a fresh one per stream: a proposal
     on the frame it is due (peak = report = end of that frame, score 0), and the CPU time it took."""
-    from workers.wake_onset import OnsetProposer
+    from engines.wake.onset import OnsetProposer
 
     out: dict[str, Any] = {"engine": "onset", "proposals": {}, "cpu_s": 0.0, "audio_s": 0.0}
     for key, st in streams.items():
@@ -334,7 +337,7 @@ def propose_onsets(streams: dict, progress: Callable[[str], None] | None = None)
 
 
 def _window(audio: np.ndarray, peak_end_s: float) -> np.ndarray:
-    from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
+    from engines.wake.text_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
 
     end = int(round((peak_end_s + WINDOW_AFTER_S) * SAMPLE_RATE))
     start = max(0, end - int(round((WINDOW_BEFORE_S + WINDOW_AFTER_S) * SAMPLE_RATE)))
@@ -346,7 +349,7 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
     """The forced scores of each proposal's window, raw and denoised (both, so any margin can be judged
     afterwards), once per (stream, peak), under ``p["forced"]`` = {"raw": ..., "denoised": ...} (None when
     the window cannot hold the phrase: ``checkable`` rejects it without scoring)."""
-    from workers.wake_verify import checkable
+    from engines.wake.text_verify import checkable
 
     def reading(f) -> dict:
         return {"wake_log10p": f.wake_log10p, "rival": f.rival, "rival_log10p": f.rival_log10p,
@@ -371,7 +374,7 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
 def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, float]:
     """(accepted, compute ms) of the forced verifier on stored readings, as ``ForcedVerifier.check``: the
     raw view, and the denoised one only when the raw view is a close call turned down."""
-    from workers.wake_forced import accepts, worth_a_second_look
+    from engines.wake.forced import accepts, worth_a_second_look
 
     f = p.get("forced")
     if f is None:
@@ -384,9 +387,9 @@ def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, f
 
 def judge(verifier, p: dict):
     """The verifier's verdict on a stored proposal, in its current mode and min score."""
-    from workers.wake_verify import Reading
+    from engines.wake.text_verify import Reading
 
-    from workers.wake_verify import find_wake, wake_score
+    from engines.wake.text_verify import find_wake, wake_score
 
     second = verifier.mode == "confirm"
     if verifier.mode == "hybrid":
@@ -411,7 +414,7 @@ def accepted_wakes(cfg: dict, props: list[dict], verifier=None, forced: tuple[fl
     (min margin, min log10 p) for a "+forced" configuration.  ``stats`` collects verify_ms, rejected,
     ignored and the number verified.
     """
-    from workers.wake_verify import WINDOW_AFTER_S
+    from engines.wake.text_verify import WINDOW_AFTER_S
 
     st = {"verify_ms": [], "rejected": 0, "ignored": 0, "verified": 0} if stats is None else stats
     gate = bool(cfg.get("onset"))
@@ -631,8 +634,8 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     CTranslate2 tiny.en) with ``min_margin`` (default ``MIN_MARGIN``; with ``tune`` chosen on the tune
     split per configuration)."""
     from bench.wake_corpus import load_wake_corpus
-    from workers.wake_engines import WakeEngineUnavailable
-    from workers.wake_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier
+    from engines.wake import WakeEngineUnavailable
+    from engines.wake.text_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier
 
     say = progress if callable(progress) else ((lambda m: print(m, file=sys.stderr, flush=True)) if progress else
                                                (lambda m: None))
@@ -648,10 +651,10 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     parsed = [parse_config(c) for c in configs]
     verifier = scorer = None
     if any(c["verifier"] == "forced" for c in parsed):
-        from workers.wake_forced import MIN_LOG10P, MIN_MARGIN, ForcedPhraseScorer
+        from engines.wake.forced import MIN_LOG10P, MIN_MARGIN, ForcedPhraseScorer
 
         if forced_model is None:
-            from pipeline.models import ensure_models
+            from models.provision import ensure_models
 
             forced_model = ensure_models(progress=False).whisper_ct2
         scorer = ForcedPhraseScorer(Path(forced_model), threads=2)
@@ -660,10 +663,10 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     onset_prop: dict | None = None
     forced_tuning: dict[str, Any] = {}
     if any(c["verifier"] == "text" for c in parsed):
-        from workers.whisper_engine import WhisperEngine
+        from engines.stt.whispercpp import WhisperEngine
 
         if whisper_model is None:
-            from pipeline.models import default_models_dir, ensure_models
+            from models.provision import default_models_dir, ensure_models
 
             cached = default_models_dir() / "ggml-tiny.en.bin"
             whisper_model = cached if cached.is_file() else ensure_models(progress=False).whisper
@@ -777,7 +780,7 @@ def rescore(corpus_dir, proposals_path, out_dir=None, *, tune: bool = True, mode
     """Score the verifier again from a run's ``wake_proposals.jsonl`` (no engine, no decoding):
     for trying verifier rules and tuning them on the stored readings."""
     from bench.wake_corpus import load_wake_corpus
-    from workers.wake_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WakeVerifier
+    from engines.wake.text_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WakeVerifier
 
     streams = build_streams(load_wake_corpus(corpus_dir))
     props: dict[tuple[str, float], dict] = {}
@@ -869,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="*", help=f"default: {' '.join(DEFAULT_CONFIGS)}")
     ap.add_argument("--min-score", type=float, help="verifier min score (default: the module's)")
     ap.add_argument("--mode", choices=("text", "score", "confirm"), help="verifier mode (default: the module's)")
-    ap.add_argument("--min-margin", type=float, help="forced verifier's min margin (default: workers.wake_forced's)")
+    ap.add_argument("--min-margin", type=float, help="forced verifier's min margin (default: engines.wake.forced's)")
     ap.add_argument("--tune", action="store_true", help="choose the verifier's min score on the tune half of the voices")
     ap.add_argument("--rescore", metavar="PROPOSALS_JSONL",
                     help="judge the stored readings of an earlier run again (no engines, no decoding)")
@@ -887,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = args.corpus
     if corpus is None:
-        from pipeline.config import load_config
+        from core.config import load_config
 
         cache = Path(load_config().models.dir).expanduser().parent
         corpus = build_wake_corpus(default_wake_corpus_dir(cache, args.quick), quick=args.quick).parent

@@ -13,15 +13,14 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline.backpressure import BackpressureController, RingSpec
-from pipeline.config import Config
+from core.config import Config
 from pipeline.coordinator import Coordinator
 from pipeline.latency import LatencyTracker
 from pipeline.http_server import KioskHttpServer
-from pipeline.messages import DecodeError, Emit, decode, encode
+from core.messages import DecodeError, Emit, decode, encode
 from pipeline.metrics_store import MetricsStore
 from pipeline.prom import PipelineMetrics
 from pipeline.sdnotify import Notifier, WatchdogPolicy
@@ -29,7 +28,7 @@ from pipeline.supervisor import PipelineSupervisor
 from shm.heartbeat import HeartbeatTable
 from shm.message_ring import MessageTooLarge, Policy
 from shm.segments import cleanup_stale
-from workers.runtime import WorkerSpec
+from workers.base import WorkerSpec
 
 log = logging.getLogger("vigil.app")
 
@@ -62,23 +61,22 @@ def ring_specs(config: Config) -> list[RingSpec]:
     ]
 
 
-def worker_specs(backpressure: BackpressureController, heartbeat_name: str, extra: dict[str, Any],
+def worker_specs(backpressure: BackpressureController, heartbeat_name: str, options: RunOptions,
                  names: tuple[str, ...] = WORKERS) -> list[WorkerSpec]:
     seg = backpressure.segment_name
     common = {"heartbeat": heartbeat_name, "heartbeat_rows": len(WORKERS)}
     specs = [
-        WorkerSpec("capture", "workers.capture", row=0, outbox=seg("capture.out"), audio=seg("audio"), **common),
-        WorkerSpec("wakeword", "workers.wakeword", row=1, outbox=seg("wakeword.out"), audio=seg("audio"),
-                   audio_slot=0, **common),
-        WorkerSpec("stt", "workers.stt", row=2, inbox=seg("stt.in"), outbox=seg("stt.out"), audio=seg("audio"),
-                   audio_slot=1, extra={"whisper_model": extra["whisper_model"], "models_dir": extra.get("models_dir", "")},
+        WorkerSpec("capture", "workers.capture:CaptureWorker", row=0, outbox=seg("capture.out"), audio=seg("audio"),
                    **common),
-        WorkerSpec("speaker", "workers.speaker", row=3, inbox=seg("speaker.in"), outbox=seg("speaker.out"),
-                   audio=seg("audio"), audio_slot=2, extra={"models_dir": extra.get("models_dir", "")}, **common),
-        WorkerSpec("llm", "workers.llm", row=4, inbox=seg("llm.in"), outbox=seg("llm.out"),
-                   extra={"llm_model": extra["llm_model"]}, **common),
-        WorkerSpec("responder", "workers.responder", row=5, inbox=seg("responder.in"),
-                   extra={"events_path": extra.get("events_path"), "stdout": extra.get("stdout", True)}, **common),
+        WorkerSpec("wakeword", "workers.wakeword:WakewordWorker", row=1, outbox=seg("wakeword.out"),
+                   audio=seg("audio"), audio_slot=0, **common),
+        WorkerSpec("stt", "workers.stt:SttWorker", row=2, inbox=seg("stt.in"), outbox=seg("stt.out"),
+                   audio=seg("audio"), audio_slot=1, **common),
+        WorkerSpec("speaker", "workers.speaker:SpeakerWorker", row=3, inbox=seg("speaker.in"),
+                   outbox=seg("speaker.out"), audio=seg("audio"), audio_slot=2, **common),
+        WorkerSpec("llm", "workers.llm:LlmWorker", row=4, inbox=seg("llm.in"), outbox=seg("llm.out"), **common),
+        WorkerSpec("responder", "workers.responder:ResponderWorker", row=5, inbox=seg("responder.in"),
+                   events_path=options.events_path, stdout=options.stdout, **common),
     ]
     return [spec for spec in specs if spec.name in names]
 
@@ -94,7 +92,8 @@ class RunOptions:
 class Pipeline:
     """Owns every resource of one run; `run()` returns the process exit code."""
 
-    def __init__(self, config: Config, options: RunOptions, whisper_model: Path, llm_model: Path) -> None:
+    def __init__(self, config: Config, options: RunOptions) -> None:
+        """`config` names every model by path (`resolve_models`): workers load exactly what it says."""
         self.config = config
         self.options = options
         self.run_id = uuid.uuid4().hex[:12]
@@ -123,10 +122,7 @@ class Pipeline:
                 self.heartbeat.close()
             raise
         self.worker_names = worker_names(config)
-        specs = worker_specs(self.backpressure, heartbeat_name, {
-            "whisper_model": str(whisper_model), "llm_model": str(llm_model),
-            "events_path": options.events_path, "stdout": options.stdout,
-            "models_dir": config.models.dir}, self.worker_names)
+        specs = worker_specs(self.backpressure, heartbeat_name, options, self.worker_names)
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
         self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
         self.watchdog = WatchdogPolicy(Notifier.from_env(), grace_s=config.supervisor.watchdog_grace_s)

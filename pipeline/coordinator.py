@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pipeline.config import Config
+from core.config import Config
 from pipeline.latency import LatencyTracker
-from pipeline.messages import (
+from core.messages import (
     FRIENDLY_FAILURE, Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, SpeakerResult,
     StartListening, Token, Transcript, WakeDetected, WakeVerdict, WorkerState,
 )

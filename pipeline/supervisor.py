@@ -24,9 +24,9 @@ from typing import Any, Callable
 
 import psutil
 
-from pipeline.config import Config
+from core.config import Config
 from shm.heartbeat import HeartbeatTable
-from workers.runtime import WorkerSpec, worker_main
+from workers.base import WorkerSpec, worker_main
 
 log = logging.getLogger("vigil.supervisor")
 

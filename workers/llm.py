@@ -51,10 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.messages import FRIENDLY_FAILURE, Announce, Cancel, LlmDone, LlmRequest, Token
+from core.messages import FRIENDLY_FAILURE, Announce, Cancel, LlmDone, LlmRequest, Token
 from skills import SkillRunner
-from workers.llm_engines import EmbeddedLlm, LlmEngine, StreamResult
-from workers.runtime import WorkerContext
+from engines.llm.embedded import EmbeddedLlm
+from engines.llm import LlmEngine, StreamResult
+from core.config import Config
+from workers.base import Worker, WorkerContext
 
 POLL_S = 0.01  # main-thread wait per loop: bounds the reaction time to a Cancel
 RETRY_PAUSE_S = 0.05  # before the one connect retry (a restarting server)
@@ -69,14 +71,14 @@ log = logging.getLogger("vigil.llm")
 Produce = Callable[[Callable[[str], bool]], StreamResult]
 
 
-def make_engine(ctx: WorkerContext) -> LlmEngine:
-    cfg = ctx.config.llm
+def make_engine(config: Config) -> LlmEngine:
+    cfg = config.llm
     if cfg.engine == "embedded":
-        model = Path(cfg.model) if cfg.model else Path(ctx.extra["llm_model"])
+        model = Path(cfg.model)
         return EmbeddedLlm(model.resolve(), n_threads=cfg.threads, repeat_penalty=cfg.repeat_penalty,
                            temperature=cfg.temperature)
     if cfg.engine == "ollama":
-        from workers.ollama_engine import OllamaLlm
+        from engines.llm.ollama import OllamaLlm
 
         return OllamaLlm(host=cfg.host, model=cfg.model, timeout_s=cfg.first_token_timeout_s + CLIENT_TIMEOUT_MARGIN_S,
                          keep_alive=cfg.keep_alive, warm_timeout_s=WARM_TIMEOUT_S,
@@ -148,17 +150,14 @@ class Helpers:
         return max((now - a.abandoned_at for a in self.abandoned), default=0.0)
 
 
-HELPERS = Helpers()
-
 
 # ---- one request ----------------------------------------------------------------------
 
 
 @dataclass
 class _Delivery:
-    ctx: WorkerContext
+    worker: LlmWorker
     request: LlmRequest
-    backlog: deque | None
     index: int = 0
     first_ns: int = 0
     parts: list[str] = field(default_factory=list)
@@ -168,46 +167,36 @@ class _Delivery:
         now = t_ns or time.monotonic_ns()
         if not self.first_ns:
             self.first_ns = now
-        self.ctx.send(Token(session=self.request.session, text=text, index=self.index, t_ns=now,
-                            request=self.request.request))
+        self.worker.ctx.send(Token(session=self.request.session, text=text, index=self.index, t_ns=now,
+                                   request=self.request.request))
         self.index += 1
         self.parts.append(text)
 
     def poll_inbox(self) -> None:
-        """Take what arrived meanwhile: our Cancel stops us; anything else waits in the backlog."""
-        while True:
-            message = self.ctx.recv(0.0)
-            if message is None:
-                break
-            if cancels(message, self.request):
-                self.cancelled = True
-            elif self.backlog is not None:
-                self.backlog.append(message)
-            else:
-                log.warning("message dropped while answering session %d: %r", self.request.session, message)
-        if self.ctx.should_stop():
+        """Take what arrived meanwhile: our Cancel (or a stop) ends the delivery; the rest waits in the backlog."""
+        if self.worker.interruption(self.request.session, self.request.request, takeover=False) is not None:
             self.cancelled = True
 
 
-def deliver(ctx: WorkerContext, request: LlmRequest, produce: Produce, *, route: str = "llm",
+def deliver(worker: LlmWorker, request: LlmRequest, produce: Produce, *, route: str = "llm",
             first_token_timeout_s: float | None = None, total_timeout_s: float | None = None,
-            retry_connect: bool | None = None, backlog: deque | None = None,
-            helpers: Helpers | None = None) -> LlmDone:
+            retry_connect: bool | None = None) -> LlmDone:
     """Run ``produce(on_token)`` on a helper thread and stream its tokens under the deadlines.
 
     Always returns an LlmDone; on any failure the person has been sent FRIENDLY_FAILURE.
     """
-    cfg = ctx.config.llm
+    ctx = worker.ctx
+    cfg = worker.config.llm
     first_s = cfg.first_token_timeout_s if first_token_timeout_s is None else first_token_timeout_s
     total_s = cfg.total_timeout_s if total_timeout_s is None else total_timeout_s
     retry = cfg.retry_connect if retry_connect is None else retry_connect
-    helpers = HELPERS if helpers is None else helpers
+    helpers = worker.helpers
 
     now_ns = time.monotonic_ns()
     start_ns = request.t_ns if 0 < request.t_ns <= now_ns else now_ns
     first_deadline = start_ns + int(first_s * 1e9)
     total_deadline = start_ns + int(total_s * 1e9)
-    d = _Delivery(ctx, request, backlog)
+    d = _Delivery(worker, request)
     result: StreamResult | None = None
     reason = ""  # why we gave up without a result: timeout | cancelled | busy
     attempts = 0
@@ -258,7 +247,7 @@ def deliver(ctx: WorkerContext, request: LlmRequest, produce: Produce, *, route:
 def _pump(d: _Delivery, attempt: Attempt, first_deadline: int,
           total_deadline: int) -> tuple[StreamResult | None, str, str | None]:
     """Move tokens from the helper to the outbox until it is done, a deadline passes or a Cancel comes."""
-    ctx = d.ctx
+    ctx = d.worker.ctx
     while True:
         d.poll_inbox()
         if d.cancelled:
@@ -282,17 +271,16 @@ def _pump(d: _Delivery, attempt: Attempt, first_deadline: int,
         ctx.beat()
 
 
-def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest, backlog: deque | None = None,
-           helpers: Helpers | None = None, skills: SkillRunner | None = None) -> LlmDone:
+def answer(worker: LlmWorker, request: LlmRequest) -> LlmDone:
     """Route a request: a skill when one matches (instant and exact), else the LLM."""
-    cfg = ctx.config.llm
+    cfg, engine, skills = worker.config.llm, worker.engine, worker.skills
     skill = skills.answer(request.text, request.speaker) if skills is not None else None
     if skill is not None:  # already bounded by the skill's own deadline
         def spoken(on_token: Callable[[str], bool]) -> StreamResult:
             on_token(skill.text)
             return StreamResult(skill.text, 1, "stop", skill.elapsed_ms, skill.elapsed_ms)
 
-        done = deliver(ctx, request, spoken, route=skill.route, backlog=backlog, helpers=helpers)
+        done = deliver(worker, request, spoken, route=skill.route)
         return dataclasses.replace(done, degraded=done.degraded or skill.degraded)
     messages = [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": request.text}]
     if skills is not None and getattr(engine, "toolbox", None) is not None:
@@ -301,62 +289,73 @@ def answer(ctx: WorkerContext, engine: LlmEngine, request: LlmRequest, backlog: 
     def produce(on_token: Callable[[str], bool]) -> StreamResult:
         return engine.stream(messages, on_token, max_tokens=cfg.max_tokens)
 
-    return deliver(ctx, request, produce, route="llm", backlog=backlog, helpers=helpers)
+    return deliver(worker, request, produce, route="llm")
 
 
 # ---- the worker -----------------------------------------------------------------------
 
 
-def warm(ctx: WorkerContext, engine: LlmEngine, timeout_s: float = WARM_TIMEOUT_S) -> None:
-    """Warm the engine on a helper thread, beating meanwhile; give up waiting after ``timeout_s``."""
-    t0 = time.monotonic()
-    thread = threading.Thread(target=engine.warm, args=(ctx.config.llm.system_prompt,), name="llm-warm", daemon=True)
-    thread.start()
-    while thread.is_alive() and time.monotonic() - t0 < timeout_s and not ctx.should_stop():
-        ctx.beat()
-        thread.join(0.1)
-    if thread.is_alive():
-        ctx.log.warning("warm-up still running after %.0f s; serving anyway", timeout_s)
-    else:
-        ctx.log.info("warm-up done in %.0f ms", (time.monotonic() - t0) * 1000)
+class LlmWorker(Worker):
+    """Answers each LlmRequest (a skill or the LLM), one at a time, always in time."""
 
+    poll_s = 0.1
 
-def run(ctx: WorkerContext) -> None:
-    engine = make_engine(ctx)
-    announcements: queue.SimpleQueue[str] = queue.SimpleQueue()  # timer threads must not write the ring
-    skills = SkillRunner.from_config(ctx.config, announce=announcements.put)
-    if ctx.config.llm.tools:  # [llm] tools: the allowed skills offered as LLM tools
-        from workers.llm_tools import with_tools
+    def __init__(self, ctx: WorkerContext, engine: LlmEngine | None = None, skills: SkillRunner | None = None,
+                 helpers: Helpers | None = None) -> None:
+        super().__init__(ctx)
+        self.engine = engine  # tests hand one in; setup() makes the configured one otherwise
+        self.skills = skills
+        self.helpers = helpers or Helpers()
+        self.announcements: queue.SimpleQueue[str] = queue.SimpleQueue()  # timer threads must not write the ring
+        self.cancelled: deque[Cancel] = deque(maxlen=64)  # Cancels that came before their request was taken
+        self.wedged_after_s = max(2.0 * self.config.llm.total_timeout_s, 30.0)
 
-        engine = with_tools(engine, skills)
-    try:
-        serve(ctx, engine, skills, announcements)
-    finally:
-        skills.close()
+    def setup(self) -> None:
+        if self.engine is None:
+            self.engine = make_engine(self.config)
+        if self.skills is None:
+            self.skills = SkillRunner.from_config(self.config, announce=self.announcements.put)
+        if self.config.llm.tools:  # [llm] tools: the allowed skills offered as LLM tools
+            from engines.llm.tools import with_tools
 
+            self.engine = with_tools(self.engine, self.skills)
+        self.warm()
 
-def serve(ctx: WorkerContext, engine: LlmEngine, skills: SkillRunner, announcements: queue.SimpleQueue) -> None:
-    warm(ctx, engine)
-    cfg = ctx.config.llm
-    wedged_after_s = max(2.0 * cfg.total_timeout_s, 30.0)
-    backlog: deque[Any] = deque()
-    cancelled: deque[Cancel] = deque(maxlen=64)  # Cancels that came before their request was taken
-    while not ctx.should_stop():
-        ctx.beat()
-        stuck = HELPERS.stuck_for()
-        if stuck > wedged_after_s and engine.name == "embedded":
-            ctx.log.error("an engine call has been stuck for %.0f s; exiting so the supervisor restarts us", stuck)
+    def warm(self, timeout_s: float = WARM_TIMEOUT_S) -> None:
+        """Warm the engine on a helper thread, beating meanwhile; give up waiting after ``timeout_s``."""
+        t0 = time.monotonic()
+        thread = threading.Thread(target=self.engine.warm, args=(self.config.llm.system_prompt,), name="llm-warm",
+                                  daemon=True)
+        thread.start()
+        while thread.is_alive() and time.monotonic() - t0 < timeout_s and not self.ctx.should_stop():
+            self.ctx.beat()
+            thread.join(0.1)
+        if thread.is_alive():
+            self.log.warning("warm-up still running after %.0f s; serving anyway", timeout_s)
+        else:
+            self.log.info("warm-up done in %.0f ms", (time.monotonic() - t0) * 1000)
+
+    def step(self) -> None:
+        stuck = self.helpers.stuck_for()
+        if stuck > self.wedged_after_s and self.engine.name == "embedded":
+            self.log.error("an engine call has been stuck for %.0f s; exiting so the supervisor restarts us", stuck)
             sys.exit(EXIT_WEDGED)
-        while not announcements.empty():
-            ctx.send(Announce(text=announcements.get(), route="skill:timer", t_ns=time.monotonic_ns()))
-        message = backlog.popleft() if backlog else ctx.recv(0.1)
+        while not self.announcements.empty():
+            self.ctx.send(Announce(text=self.announcements.get(), route="skill:timer", t_ns=time.monotonic_ns()))
+        super().step()
+
+    def handle(self, message: Any) -> None:
         if isinstance(message, Cancel):
-            cancelled.append(message)
+            self.cancelled.append(message)
         elif isinstance(message, LlmRequest):
-            if any(cancels(c, message) for c in cancelled):
-                ctx.log.info("session %d was cancelled before it started", message.session)
-                continue
-            done = answer(ctx, engine, message, backlog=backlog, skills=skills)
-            ctx.log.info("answer (%s, first token %.0f ms%s): %r", done.finish_reason, done.first_token_ms,
-                         ", degraded" if done.degraded else "", done.text)
-            ctx.send(done)
+            if any(cancels(c, message) for c in self.cancelled):
+                self.log.info("session %d was cancelled before it started", message.session)
+                return
+            done = answer(self, message)
+            self.log.info("answer (%s, first token %.0f ms%s): %r", done.finish_reason, done.first_token_ms,
+                          ", degraded" if done.degraded else "", done.text)
+            self.ctx.send(done)
+
+    def close(self) -> None:
+        if self.skills is not None:
+            self.skills.close()

