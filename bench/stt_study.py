@@ -1,4 +1,4 @@
-"""STT studies for issue 5: model × decoding WER, endpointing engines and silences, streaming.
+"""STT studies behind the defaults: model × decoding WER, endpointing engines and silences, streaming.
 
     python -m bench.stt_study wer        [--limit N]   # tiny.en vs base, greedy vs beam 5, per voice
     python -m bench.stt_study endpoint                 # Silero vs webrtcvad; end_silence 400/500/700

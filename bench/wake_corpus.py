@@ -2,7 +2,7 @@
 
 Made by the bench itself with the offline TTS engines (flite, espeak-ng) and cached
 (a stamp with a hash of the plan, like ``bench.corpus``).  One folder with WAV files and
-``manifest.jsonl`` in the corpus contract's format (DESIGN.md "Contracts") plus wake keys:
+``manifest.jsonl`` in the corpus contract's format (docs/architecture.md, "Contracts") plus wake keys:
 
 * ``set``: "positive" (starts with "hey jarvis"), "near_miss" (sounds like it, must not
   wake), "ordinary" (household talk), "noise" (pink noise at several levels, babble alone);

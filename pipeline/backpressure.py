@@ -37,7 +37,7 @@ class RingSpec:
     For ``kind="audio"``: ``slot_size`` is samples per frame and ``slots`` the
     capacity in frames; ``policy``/``block_timeout_s`` do not apply, because
     the audio writer never blocks and lagging readers always lose the oldest
-    audio (DESIGN goal 3).
+    audio (docs/architecture.md, "Rings").
     """
 
     name: str

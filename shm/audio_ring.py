@@ -1,6 +1,6 @@
 """AudioRing: one writer, many readers, fixed int16 frames in shared memory.
 
-Capture must never wait for anyone (DESIGN goal 3), so the writer overwrites
+Capture must never wait for anyone (docs/architecture.md, "Rings"), so the writer overwrites
 the oldest frame unconditionally and each reader detects, on its own, that it
 fell behind and by exactly how much.  Readers keep private cursors; a reader
 that is given a header slot also publishes its cursor there so a writer in

@@ -3,7 +3,7 @@
 Why: the test machines have no sound card, but the capture path (PyAudio →
 PortAudio → ALSA ``pulse`` plugin → PulseAudio) is exactly what breaks in the
 field, so tests drive it for real.  The recipe and its measured pitfalls are in
-DESIGN.md, "Real capture in tests (no sound card)":
+docs/testing.md, "A real microphone without a sound card":
 
 * a fresh ``XDG_RUNTIME_DIR`` (0700) per server, a client config with
   ``autospawn = no`` and a ``.pa`` script with a 16 kHz mono null sink whose

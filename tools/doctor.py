@@ -45,7 +45,7 @@ CLIP_S = 3.0
 CLIP_TEXT = "what will the weather be like tomorrow morning"
 MEASURE_TIMEOUT_S = 40.0
 
-# The latency rule (DESIGN.md goal 1; issue 5): speech end -> first token <= 600 ms at p50.
+# The latency rule: speech end -> first token <= 600 ms at p50 (the product's budget, docs/architecture.md).
 BUDGET_MS = 600.0
 # From `python -m bench.stt_study endpoint` (Silero, clean): 500 ms cut 1/16 requests at a 350 ms hesitation and
 # 2/16 at 450 ms; 400 ms cut 9/16 at 450 ms; 700 ms (the usual default) costs 200 ms more on every request.

@@ -1,7 +1,7 @@
 """The ``ollama`` LLM engine: the official ``ollama`` client against an Ollama server.
 
 A kiosk fleet can share one LLM box this way (``[llm] engine = "ollama"``). Facts that
-shaped it (ollama 0.6.x client, see DESIGN.md "ollama client facts"):
+shaped it (ollama 0.6.x client, see docs/models.md, "Ollama client"):
 
 * The client has no timeout by default. We always pass one; httpx applies it per
   connect and per read, so it also ends a stream that stalls half-way. The worker keeps

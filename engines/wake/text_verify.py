@@ -5,7 +5,7 @@ jarvis", but also "hey marvin", "jars of honey" and babble.  ``WakeVerifier.chec
 decodes the last ``WINDOW_BEFORE_S + WINDOW_AFTER_S`` seconds and returns a ``Verdict``.
 Three ways to decide (``mode``), all measured by ``bench/wake_eval.py`` on the wake corpus:
 
-* "text" (issue 9's first verifier): decode with ``initial_prompt="Hey Jarvis."`` and
+* "text" (the first verifier Vigil had): decode with ``initial_prompt="Hey Jarvis."`` and
   accept when a "hey"-like word stands directly before a fuzzy "jarvis" (so "ask mister
   jarvis" and "we talked to jarvis" do not wake).  Without the prompt tiny.en spells the
   name every which way ("I hate Jarvis", "Hey, Jervis") and detection collapses.
