@@ -268,6 +268,24 @@ def _stt_speaker_section(report: dict) -> list[str]:
     return ["## Transcription and speaker ID", ""] + table(["", "value"], rows) + [""]
 
 
+def _skills_section(report: dict) -> list[str]:
+    """Skill routing on the labelled phrasings (bench/skill_eval.py): right skill, and no false skill."""
+    skills = _dict(report.get("skills"))
+    if not skills:
+        return []
+    rows = [["skill accuracy (phrasings that must reach a skill)",
+             f"{fmt_pct(skills.get('skill_accuracy'))} of {fmt_int(skills.get('to_skill'))}"],
+            ["false-skill rate (answered by a skill they should not reach)",
+             f"{fmt_pct(skills.get('false_skill_rate'))} of {fmt_int(skills.get('phrasings'))}"],
+            ["near misses routed right", f"{fmt_pct(skills.get('near_miss_accuracy'))} of "
+                                         f"{fmt_int(skills.get('near_misses'))}"]]
+    wrong = [f"- false skill: \"{w.get('text')}\" → {w.get('routed')} (expected {w.get('expected') or 'the LLM'})"
+             for w in _list(skills.get("false_skills")) if isinstance(w, dict)]
+    wrong += [f"- missed: \"{m.get('text')}\" → {m.get('routed') or 'the LLM'} (expected {m.get('expected')})"
+              for m in _list(skills.get("missed")) if isinstance(m, dict)]
+    return ["## Skill routing", ""] + table(["", "value"], rows) + [""] + (wrong + [""] if wrong else [])
+
+
 def _variants_section(report: dict) -> list[str]:
     """The A/B replays: what the verifier and a slow speaker ID do to the headline (same run)."""
     variants = _dict(report.get("variants"))
@@ -402,6 +420,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     lines += _overhead_section(report)
     lines += _wake_section(report)
     lines += _stt_speaker_section(report)
+    lines += _skills_section(report)
     lines += _variants_section(report)
     lines += _continuous_section(report)
     lines += _idle_section(report)

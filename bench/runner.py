@@ -266,6 +266,10 @@ def print_summary(report: dict, run_dir: Path) -> None:
     if report["idle"]:
         print(f"idle: {report['idle']['cpu_percent_total']:.1f} % of one core in total; "
               f"by worker {report['idle']['cpu_percent_by_worker']}")
+    if report.get("skills"):
+        from bench.skill_eval import summary_line
+
+        print(summary_line(report["skills"]))
     budget = report["budget"]
     print(f"budget: p95 wake→first token minus the request's speech = {budget['p95_ms']} ms "
           f"(budget {budget['budget_ms']:.0f} ms): {'OK' if budget['ok'] else 'EXCEEDED'}")
@@ -277,6 +281,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
+    from bench.skill_eval import evaluate as evaluate_skill_routing
     from bench.speaker_bench import enroll_voices
     from bench.variants import measure_variants
     from models.provision import ensure_models
@@ -307,6 +312,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     if wake_detail:
         report["wake"] = {**report["wake"], **wake_detail}
     report["variants"] = variants
+    report["skills"] = evaluate_skill_routing()  # the labelled phrasings: skill accuracy, false-skill rate
     (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
     render(run_dir)
     latest = out / "latest"

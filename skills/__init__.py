@@ -6,16 +6,22 @@
     else: stream result.text; response route=result.route, degraded=result.degraded
     runner.close()
 
-`route(text)` alone is the pure built-in router (no pool, no allow-list).
+A skill is one module in skills/builtin/ declaring `SKILL = SkillSpec(...)`: its name, summary,
+LLM tool schema, phrasings (`match`), sound-alikes (`hears`) and handler. The registry
+(skills.registry) finds them; `skill_names()` lists them for the `[skills] allowed` check.
+`route(text)` alone is the pure router over the registered skills (no pool, no allow-list);
+skills.hearing is how it tolerates fillers, polite wrappers, a leaked wake phrase and mishearings.
 """
 
+from skills.registry import registered, skill_names
 from skills.router import route
 from skills.runner import SkillRunner, is_enrolled
 from skills.text import normalize, parse_duration
 from skills.types import (FRIENDLY_BUSY, FRIENDLY_ERROR, FRIENDLY_NOT_ALLOWED, FRIENDLY_TIMEOUT,
-                          FRIENDLY_UNAVAILABLE, Skill, SkillCall, SkillResult)
+                          FRIENDLY_UNAVAILABLE, Skill, SkillCall, SkillContext, SkillResult, SkillSpec)
 
 __all__ = [
-    "route", "SkillRunner", "is_enrolled", "normalize", "parse_duration", "Skill", "SkillCall", "SkillResult",
     "FRIENDLY_BUSY", "FRIENDLY_ERROR", "FRIENDLY_NOT_ALLOWED", "FRIENDLY_TIMEOUT", "FRIENDLY_UNAVAILABLE",
+    "Skill", "SkillCall", "SkillContext", "SkillResult", "SkillRunner", "SkillSpec", "is_enrolled", "normalize",
+    "parse_duration", "registered", "route", "skill_names",
 ]

@@ -1,6 +1,7 @@
 """SkillRunner: allow-list, speaker check, bounded pool, deadline, friendly answers.
 
-Policy decisions (see also skills.router):
+Its skills are the registry's (skills/builtin/, one module each), bound to this runner's clock,
+timers and health, plus any registered at run time. Policy decisions (see also skills.router):
 
 * A routed skill that is not in `allowed` gets a polite refusal ("Sorry, I can't help with that
   here."), not the LLM: with "timer" disabled, an LLM would happily say "Timer set!" and nothing
@@ -19,17 +20,16 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from skills import builtin
 from skills.pool import BoundedPool
-from skills.router import route as route_builtin
-from skills.router import strip_politeness
-from skills.text import normalize
+from skills.registry import registered, skill_names
+from skills.router import route
 from skills.timers import TimerManager
 from skills.types import (FRIENDLY_BUSY, FRIENDLY_ERROR, FRIENDLY_NOT_ALLOWED, FRIENDLY_TIMEOUT,
-                          FRIENDLY_UNAVAILABLE, Skill, SkillCall, SkillResult)
+                          FRIENDLY_UNAVAILABLE, Skill, SkillCall, SkillContext, SkillResult)
 
 log = logging.getLogger("vigil.skills")
 
@@ -51,20 +51,21 @@ def is_enrolled(speaker: str | None) -> bool:
 
 
 class SkillRunner:
-    def __init__(self, allowed: str | Iterable[str] = "time,date,timer,status,capabilities",
+    def __init__(self, allowed: str | Iterable[str] | None = None,
                  enrolled_only: str | Iterable[str] = "", timeout_s: float = 1.0, pool_size: int = 4,
                  announce: Callable[[str], None] | None = None, *, max_abandoned: int | None = None,
                  max_stuck_per_skill: int = 1, max_timers: int = 5,
                  clock: Callable[[], datetime] = datetime.now,
                  health: Callable[[], Iterable[str]] | None = None) -> None:
-        """allowed/enrolled_only: comma lists (as in SkillsConfig) or iterables of skill names.
+        """allowed/enrolled_only: comma lists (as in SkillsConfig) or iterables of skill names;
+        allowed=None allows every registered skill.
         announce(text): called from the timer thread when a timer ends; must not block.
         max_abandoned: hung threads given up on at once (default 2 × pool_size); threads in all
         never exceed pool_size + max_abandoned. health(): extra problems (short phrases) for the
         status skill, e.g. ["the speech worker restarted twice"]."""
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
-        self.allowed = _names(allowed)
+        self.allowed = _names(skill_names() if allowed is None else allowed)
         self.enrolled_only = set(_names(enrolled_only))
         self.timeout_s = float(timeout_s)
         self._pool = BoundedPool(pool_size, max_abandoned=2 * pool_size if max_abandoned is None else max_abandoned,
@@ -75,12 +76,13 @@ class SkillRunner:
         self._skills: dict[str, Skill] = {}
         self._lock = threading.Lock()
         self._counts = {k: 0 for k in ("calls", "ok", "error", "timeout", "busy", "unavailable", "refused", "closed")}
-        for skill in (builtin.time_skill(clock), builtin.date_skill(clock), builtin.timer_skill(self.timers),
-                      builtin.status_skill(self._problems, self._started), builtin.capabilities_skill(self.describe)):
-            self.register(skill)
+        context = SkillContext(clock=clock, timers=self.timers, problems=self._problems, started=self._started,
+                               describe=self.describe)
+        for spec in registered():
+            self.register(spec.bind(context))
 
     @classmethod
-    def from_config(cls, config: Any, announce: Callable[[str], None] | None = None, **kwargs: Any) -> "SkillRunner":
+    def from_config(cls, config: Any, announce: Callable[[str], None] | None = None, **kwargs: Any) -> SkillRunner:
         """From a pipeline Config (uses config.skills) or a SkillsConfig."""
         cfg = getattr(config, "skills", config)
         return cls(cfg.allowed, cfg.enrolled_only, cfg.timeout_s, cfg.pool_size, announce, **kwargs)
@@ -91,17 +93,8 @@ class SkillRunner:
 
     # -- routing -------------------------------------------------------------------------
     def route(self, text: str) -> SkillCall | None:
-        """Built-in router first, then the `match` of registered extra skills; None → the LLM."""
-        call = route_builtin(text)
-        if call is not None:
-            return call
-        norm = strip_politeness(normalize(text))
-        for skill in self._skills.values():
-            if skill.match is not None and norm:
-                args = skill.match(norm)
-                if args is not None:
-                    return SkillCall(skill.name, dict(args), norm)
-        return None
+        """The registered skills' phrasings, then the `match` of extra skills; None → the LLM."""
+        return route(text, self._skills.values())
 
     def answer(self, text: str, speaker: str = "unknown") -> SkillResult | None:
         """route() then run(): the spoken answer, or None if the LLM should answer."""
@@ -146,14 +139,8 @@ class SkillRunner:
     # -- tools for an LLM engine that supports tool calling --------------------------------
     def tool_specs(self) -> list[dict[str, Any]]:
         """OpenAI/Ollama `tools` entries for the allowed skills (not "capabilities")."""
-        specs = []
-        for name in self.allowed:
-            skill = self._skills.get(name)
-            if skill is not None and skill.tool:
-                specs.append({"type": "function", "function": {
-                    "name": skill.name, "description": skill.description or skill.summary or skill.name,
-                    "parameters": skill.parameters}})
-        return specs
+        skills = [self._skills.get(name) for name in self.allowed]
+        return [skill.tool_spec() for skill in skills if skill is not None and skill.tool]
 
     def call_tool(self, name: str, arguments: dict[str, Any] | str | None, speaker: str = "unknown") -> str:
         """Run a tool call under the same deadline; the text is the tool message's content.
@@ -175,7 +162,7 @@ class SkillRunner:
         result = self.run(SkillCall(key, arguments), speaker)
         return result.text if result.status in ("ok", "refused") else f"error: {result.error}"
 
-    def for_speaker(self, speaker: str) -> "SpeakerTools":
+    def for_speaker(self, speaker: str) -> SpeakerTools:
         """The tools as one request's speaker may use them (enrolled-only skills stay checked)."""
         return SpeakerTools(self, speaker)
 
@@ -212,7 +199,7 @@ class SkillRunner:
         self.timers.close()
         self._pool.close()
 
-    def __enter__(self) -> "SkillRunner":
+    def __enter__(self) -> SkillRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -29,7 +29,7 @@ _WORDS = {
 }
 
 _CONTRACTIONS = [
-    (re.compile(r"\b(what|that|it|how|there|here|who|where|when|everything|everythings)'s\b"), r"\1 is"),
+    (re.compile(r"\b(what|that|it|how|there|here|who|where|when|everything|everythings|time)'s\b"), r"\1 is"),
     (re.compile(r"\blet's\b"), "let us"),
     (re.compile(r"\bcan't\b"), "cannot"),
     (re.compile(r"\bwon't\b"), "will not"),
@@ -185,6 +185,13 @@ def spoken_duration(seconds: float) -> str:
     else:
         parts = ([_plural(m, "minute")] if m else []) + ([_plural(sec, "second")] if sec or not m else [])
     return " and ".join(parts)
+
+
+def spoken_list(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def duration_label(seconds: float) -> str:

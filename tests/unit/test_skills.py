@@ -1,20 +1,25 @@
-"""Skills: the deterministic router, the bounded runner with deadlines, timers, tools.
+"""Skills: the registry, the router and how it hears, the bounded runner with deadlines, timers, tools.
 
 Real code throughout; the only doubles are the named fault skills RaisingSkill and HangingSkill.
+The labelled phrasings the bench scores (bench/data/skill_phrasings.jsonl) are asserted here too.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
 
 import pytest
 
+import skills.builtin
+from bench.skill_eval import PHRASINGS, evaluate, judge, load_phrasings
 from core.config import Config, SkillsConfig
 from skills import (FRIENDLY_BUSY, FRIENDLY_ERROR, FRIENDLY_NOT_ALLOWED, FRIENDLY_TIMEOUT, FRIENDLY_UNAVAILABLE,
-                    Skill, SkillCall, SkillRunner, normalize, parse_duration, route)
+                    Skill, SkillCall, SkillRunner, normalize, parse_duration, registered, route, skill_names)
+from skills.hearing import readings, rehear, without_leaked_wake
 
 ALL = "time,date,timer,status,capabilities"
 
@@ -172,6 +177,119 @@ def test_normalize_and_durations():
     assert parse_duration("the eggs") is None
 
 
+# -- hearing: readings of a transcript ------------------------------------------------------
+def test_readings_peel_fillers_stutters_and_a_leaked_wake_phrase():
+    assert readings("Set a timer for, uh, five minutes.") == ["set a timer for 5 minutes"]
+    assert readings("What, what time is it?") == ["what time is it"]
+    assert readings("This, set a timer for 5 minutes.") == ["this set a timer for 5 minutes", "set a timer for 5 minutes"]
+    assert without_leaked_wake("Hey. Jarvis, what's the time?") == "what's the time?"
+    # a leak is a short clause of wake-phrase sounds; anything else stays
+    assert without_leaked_wake("This time, please.") is None
+    assert without_leaked_wake("Travis said, what time is it?") is None
+    assert without_leaked_wake("This, is it raining?") == "is it raining?"
+    assert readings("Yes, please.") == ["yes"]
+    assert rehear("what is the date to date", {"to date": "today"}) == "what is the date today"
+    assert rehear("is my ticket up to dated", {"to date": "today"}) == "is my ticket up to dated"  # whole words
+
+
+# -- the labelled phrasings (shared with the bench) -------------------------------------------
+PHRASING_ROWS = load_phrasings()
+
+
+def test_phrasing_set_is_big_and_mostly_near_misses():
+    near = [row for row in PHRASING_ROWS if "near" in row]
+    assert len(PHRASING_ROWS) >= 60 and len(near) * 2 >= len(PHRASING_ROWS), (len(PHRASING_ROWS), len(near))
+    assert {row["skill"] for row in PHRASING_ROWS} - {None} <= set(skill_names())
+    assert {row["near"] for row in near} <= set(skill_names())
+    assert len({row["text"] for row in PHRASING_ROWS}) == len(PHRASING_ROWS), "a phrasing is listed twice"
+
+
+@pytest.mark.parametrize("row", PHRASING_ROWS, ids=[row["text"] for row in PHRASING_ROWS])
+def test_phrasing_routes_where_labelled(row):
+    result = judge(row)
+    assert not result["false_skill"], f"false skill answer: {result}"
+    assert result["correct"], f"missed: {result}"
+
+
+def test_skill_eval_figures():
+    result = evaluate(PHRASINGS)
+    assert result["phrasings"] == len(PHRASING_ROWS)
+    assert result["false_skill_rate"] == 0.0 and result["false_skills"] == []
+    assert result["skill_accuracy"] == 1.0 and result["near_miss_accuracy"] == 1.0, result["missed"]
+
+
+def test_skill_eval_counts_a_false_skill_and_a_miss(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "what time is it", "skill": null, "near": "time"}\n'
+                    '{"text": "what time is it in Tokyo", "skill": "time"}\n'
+                    '{"text": "set a timer for 5 minutes", "skill": "timer", "args": {"seconds": 60}}\n\n')
+    result = evaluate(rows)
+    assert (result["phrasings"], result["to_skill"], result["near_misses"]) == (3, 2, 1)
+    assert result["false_skill_rate"] == round(1 / 3, 4) and result["skill_accuracy"] == 0.0
+    assert [m["text"] for m in result["missed"]] == ["what time is it in Tokyo", "set a timer for 5 minutes"]
+    rows.write_text('{"text": "no label"}\n')
+    with pytest.raises(ValueError, match="rows.jsonl:1"):
+        evaluate(rows)
+
+
+def test_bench_report_shows_the_skill_routing_figures():
+    from bench.render import render_markdown
+
+    result = evaluate(PHRASINGS)
+    md = render_markdown({"skills": {**result, "false_skills": [{"text": "Timer.", "expected": None, "routed": "timer"}]}},
+                         [])
+    assert f"| skill accuracy (phrasings that must reach a skill) | 100.0 % of {result['to_skill']} |" in md
+    assert f"| false-skill rate (answered by a skill they should not reach) | 0.0 % of {len(PHRASING_ROWS)} |" in md
+    assert '- false skill: "Timer." → timer (expected the LLM)' in md
+    assert "## Skill routing" not in render_markdown({}, [])
+
+
+# -- the registry ----------------------------------------------------------------------------
+def test_registry_names_are_the_default_allow_list():
+    assert ",".join(skill_names()) == SkillsConfig().allowed  # core may not import skills: kept equal here
+    with SkillRunner() as r:
+        assert r.allowed == list(skill_names())
+        assert [s["function"]["name"] for s in r.tool_specs()] == [s.name for s in registered() if s.tool]
+
+
+def test_a_skill_is_one_file(tmp_path, monkeypatch):
+    """A module dropped into skills/builtin/ is routed, run, offered as a tool and listed."""
+    (tmp_path / "opening_hours.py").write_text(
+        "from skills.hearing import whole\n"
+        "from skills.types import SkillSpec\n"
+        "SKILL = SkillSpec(name='hours', order=60, summary='tell you our opening hours',\n"
+        "    description='When the venue is open.', match=whole(r'when (?:are you|is it) open(?: today)?'),\n"
+        "    handler=lambda ctx, args: 'We are open from 9 AM to 5 PM.')\n")
+    monkeypatch.setattr(skills.builtin, "__path__", [*skills.builtin.__path__, str(tmp_path)])
+    registered.cache_clear()
+    try:
+        assert skill_names() == ("time", "date", "timer", "status", "capabilities", "hours")
+        assert route("Hey, um, when are you open today?").skill == "hours"
+        with SkillRunner() as r:
+            assert r.answer("When are you open?").text == "We are open from 9 AM to 5 PM."
+            assert "hours" in [s["function"]["name"] for s in r.tool_specs()]
+            assert r.describe().endswith("set timers, report my system status, tell you our opening hours, "
+                                         "and answer general questions.")
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("skills.builtin.opening_hours", None)
+        registered.cache_clear()
+    assert "hours" not in skill_names()
+
+
+def test_registry_rejects_a_module_without_a_skill(tmp_path, monkeypatch):
+    (tmp_path / "notes.py").write_text("SKILL = 'time'\n")
+    monkeypatch.setattr(skills.builtin, "__path__", [*skills.builtin.__path__, str(tmp_path)])
+    registered.cache_clear()
+    try:
+        with pytest.raises(TypeError, match="notes.py must declare SKILL"):
+            registered()
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("skills.builtin.notes", None)
+        registered.cache_clear()
+
+
 # -- answers against the clock ---------------------------------------------------------------
 def test_time_answer_matches_clock(runner):
     before = datetime.now().replace(second=0, microsecond=0)
@@ -204,7 +322,8 @@ def test_date_answers_match_clock(runner):
 def test_status_and_capabilities(runner):
     status = runner.answer("Are you OK?")
     assert status.status == "ok"
-    assert status.text.startswith("I'm working normally.")
+    # No skill problem to report; the processor may be busy with other tests on a 2-core machine.
+    assert re.match(r"I'm (working normally|running, but the processor is overloaded)\. ", status.text), status.text
     assert re.search(r"Load is \d+\.\d on \d+ cores and memory is \d+ percent used\.", status.text)
     assert runner.answer("What can you do?").text == (
         "I can tell you the time and the date, set timers, report my system status, and answer general questions.")
