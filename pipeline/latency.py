@@ -17,6 +17,8 @@ import numpy as np
 # (span name, start mark, end mark). The headline is speech_end_to_first_token.
 SPANS: tuple[tuple[str, str, str], ...] = (
     ("wake_to_speech_end", "wake", "speech_end"),
+    # The endpoint decision: how long the pause had lasted when the request was taken as complete.
+    ("speech_end_to_endpoint", "speech_end", "endpoint"),
     ("speech_end_to_transcript", "speech_end", "transcript"),
     ("transcript_to_first_token", "transcript", "first_token"),
     ("speech_end_to_first_token", "speech_end", "first_token"),
@@ -61,6 +63,7 @@ class LatencyTracker:
     def __init__(self, max_sessions: int = 1000) -> None:
         self._marks: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._stages: dict[int, dict[str, float]] = {}
+        self._notes: dict[int, dict[str, float]] = {}
         self._max = max_sessions
 
     def _session(self, session: int) -> dict[str, int]:
@@ -68,9 +71,11 @@ class LatencyTracker:
         if marks is None:
             marks = self._marks[session] = {}
             self._stages[session] = {}
+            self._notes[session] = {}
             while len(self._marks) > self._max:
                 old, _ = self._marks.popitem(last=False)
                 self._stages.pop(old, None)
+                self._notes.pop(old, None)
         return marks
 
     def mark(self, session: int, name: str, t_ns: int | None = None) -> None:
@@ -81,6 +86,11 @@ class LatencyTracker:
         """Record a stage's own compute time (not wall time between marks)."""
         self._session(session)
         self._stages[session][stage] = float(compute_ms)
+
+    def note(self, session: int, name: str, value: float) -> None:
+        """Record a figure that belongs with the spans (e.g. ``endpoint_score``, the turn model's verdict)."""
+        self._session(session)
+        self._notes[session][name] = float(value)
 
     def marks(self, session: int) -> dict[str, int]:
         return dict(self._marks.get(session, {}))
@@ -100,6 +110,8 @@ class LatencyTracker:
                 out[name] = round(value, 1)
         for stage, ms in self._stages.get(session, {}).items():
             out[f"{stage}_compute"] = round(ms, 1)
+        for name, value in self._notes.get(session, {}).items():
+            out[name] = round(value, 3)
         return out
 
     def report(self) -> dict[str, dict[str, float]]:

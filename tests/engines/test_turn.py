@@ -1,0 +1,67 @@
+"""Turn-aware endpointing's witnesses: the transcript's last word, Smart Turn on real speech, the pause rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.synth import engine_available, speech_bounds, tts_samples
+from engines.stt.turn import SmartTurn, TurnPolicy, open_ending
+from models.provision import SMART_TURN
+
+RATE = 16_000
+
+
+@pytest.mark.parametrize("text", ["What time is it?", "Set a timer for 5 minutes.", "What is the capital of France?",
+                                  "How many legs does a spider have"])
+def test_finished_requests_read_complete(text):
+    assert not open_ending(text)
+
+
+@pytest.mark.parametrize("text", ["Set a timer for", "What is the capital of", "Please turn off the",
+                                  "Tell me about...", "Remind me to call my", "", "   ", "What's the weather and"])
+def test_unfinished_requests_read_open(text):
+    assert open_ending(text)
+
+
+def test_the_longer_the_pause_the_less_evidence_it_needs():
+    policy = TurnPolicy(threshold=0.8, max_pause_ms=1200, text_weight=0.0)
+    assert policy.required(0) == pytest.approx(0.8) and policy.required(600) == pytest.approx(0.4)
+    assert policy.required(1200) == 0 and policy.complete(0.0, 1200)  # the longest pause ends it anyway
+    assert policy.complete(0.9, 0) and not policy.complete(0.5, 0) and policy.complete(0.5, 600)
+    assert policy.wait_ms(0.9) == 0 and policy.wait_ms(0.4) == pytest.approx(600)
+    # an open ending is no evidence at all, whatever the model says; a finished one is lifted
+    assert policy.evidence(0.99, "Set a timer for") == 0.0
+    lifted = TurnPolicy(text_weight=0.5).evidence(0.2, "What time is it?")
+    assert lifted == pytest.approx(0.6)
+    assert TurnPolicy(text_prior=0.7, text_weight=0.0).evidence(None, "What time is it?") == pytest.approx(0.7)
+
+
+@pytest.fixture(scope="module")
+def smart_turn(models) -> SmartTurn:
+    assert models.turn is not None and models.turn.name == SMART_TURN.filename
+    return SmartTurn(models.turn)
+
+
+def _spoken(text: str, pause_s: float = 0.05) -> np.ndarray:
+    speech = tts_samples(text, "piper")
+    _, end = speech_bounds(speech)
+    cut = speech[: int(end * RATE)]
+    return np.concatenate([np.zeros(RATE // 2, np.int16), cut, np.zeros(int(pause_s * RATE), np.int16)])
+
+
+def test_features_are_the_models_input(smart_turn):
+    feats = smart_turn.features(np.zeros(RATE, dtype=np.int16))
+    assert feats.shape == (1, 80, 800) and feats.dtype == np.float32
+    long = smart_turn.features((np.random.default_rng(0).standard_normal(12 * RATE) * 3000).astype(np.int16))
+    assert long.shape == (1, 80, 800)  # the last 8 s only
+
+
+@pytest.mark.skipif(not engine_available("piper"), reason="the Piper voice is a dev requirement")
+def test_smart_turn_hears_a_finished_request_from_an_unfinished_one(smart_turn):
+    """On the neural voice, a few tens of ms into the pause (when the STT worker asks)."""
+    done = smart_turn.score(_spoken("Hey Jarvis, set a timer for five minutes."))
+    unfinished = smart_turn.score(_spoken("Hey Jarvis, please turn off the"))
+    assert 0.0 <= unfinished < 0.5 < done <= 1.0, (done, unfinished)
