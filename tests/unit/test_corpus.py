@@ -42,10 +42,19 @@ def test_quick_corpus_builds_and_loads(quick):
     out, seconds = quick
     assert seconds < 20, f"quick corpus took {seconds:.1f} s"
     utts = load_corpus(out)
-    assert len(utts) == len(plan(quick=True)) == 3 * 3 + 2 + 1
+    assert len(utts) == len(plan(quick=True)) == 3 * 3 + 2 + 2 + 1  # requests, hesitations, negatives, noise
     wake = [u for u in utts if u.wake]
-    assert len(wake) == 9 and {u.kind for u in wake} == {"command", "question"}
-    assert len({u.speaker for u in wake}) == 3
+    assert len(wake) == 11 and {u.kind for u in wake} == {"command", "question"}
+    assert len({u.speaker for u in wake}) == 3 and "piper:joe" in {u.voice for u in wake}
+    assert {u.condition for u in wake} == {"clean"}
+    hesitations = [u for u in wake if u.hesitation]
+    assert len(hesitations) == 2
+    for u in hesitations:  # the pause is where the manifest says: silence inside, speech on both sides
+        audio = load_wav(u.wav)
+        start, end = (int(x * RATE) for x in u.pause_s)
+        assert 0.4 <= (end - start) / RATE <= 0.8 and end < u.speech_end_s * RATE
+        assert np.abs(audio[start + 160:end - 160]).max() < 100
+        assert window_db(audio[start - 1600:start], 1600).max() > -35 and window_db(audio[end:end + 1600], 1600).max() > -35
     negatives = [u for u in utts if u.kind == "negative"]
     assert len(negatives) == 3 and not any(u.wake for u in negatives)
     noise = [u for u in negatives if u.transcript == ""]
@@ -94,7 +103,7 @@ def test_cli_reports_the_corpus(quick, capsys):
     out, _ = quick
     assert main([str(out), "--quick", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "12 files" in text and "command 6" in text
+    assert "14 files" in text and "command 7" in text and "hesitations: 2" in text
 
 
 # ----------------------------------------------------------------------------- load_corpus validation
