@@ -23,7 +23,9 @@ import pytest
 from models.provision import LLM, WHISPER, ModelError, ensure_models, validate_ggml, validate_gguf
 from models.whisper_convert import convert_ct2_to_ggml
 from core.dsp import mel_filterbank
-from engines.stt.whispercpp import AUDIO_CTX_MARGIN, MAX_AUDIO_CTX, MIN_AUDIO_CTX, WhisperEngine, audio_ctx_for
+from engines.stt.whispercpp import (
+    AUDIO_CTX_MARGIN, MAX_AUDIO_CTX, MIN_AUDIO_CTX, Decoding, WhisperEngine, audio_ctx_for,
+)
 
 from tests.conftest import SHARED_AUDIO
 JFK_TEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
@@ -131,6 +133,38 @@ def test_float32_and_int16_give_the_same_text(engine, capital_clip):
 def test_too_short_clip_returns_empty(engine):
     assert engine.transcribe(np.zeros(0, dtype=np.int16)) == ""
     assert engine.transcribe(np.full(1599, 1000, dtype=np.int16)) == ""
+
+
+@pytest.fixture(scope="module")
+def moon_clip() -> np.ndarray:
+    """flite slt's "tell me something about the moon" with 0.5 s of silence around it: the clip on which
+    tiny.en, with a short audio_ctx and no timestamp tokens, says the sentence over and over."""
+    from bench.synth import tts_samples
+
+    pad = np.zeros(8000, dtype=np.int16)
+    return np.concatenate([pad, tts_samples("tell me something about the moon", "flite", "slt"), pad])
+
+
+def test_a_decode_loop_is_bounded_caught_and_retried(engine, moon_clip):
+    moon = words("tell me something about the moon")
+    unguarded = Decoding(timestamps=False, tokens_per_s=0.0, min_tokens=128, retry_on_loop=False)
+    before = engine.hear(moon_clip, unguarded)
+    assert before.loop == "repeat" and before.tokens > 2 * len(moon), before  # the loop is there ...
+    no_timestamps = engine.hear(moon_clip, Decoding(timestamps=False))
+    budget = Decoding().token_budget(moon_clip.size)
+    assert no_timestamps.tokens <= budget + 1 < before.tokens  # ... bounded by the audio's length,
+    assert no_timestamps.loop and no_timestamps.retried  # caught and decoded once more,
+    assert words(no_timestamps.text) == moon, no_timestamps  # and the retry heard it once
+    heard = engine.hear(moon_clip)  # the default decode (timestamp tokens) does not loop at all
+    assert not heard.loop and not heard.retried and words(heard.text) == moon, heard
+
+
+def test_decode_choices_do_not_leak_into_the_next_call(engine, capital_clip):
+    plain = engine.transcribe(capital_clip)
+    engine.hear(capital_clip, Decoding(beam_size=5, initial_prompt="Hey Jarvis,", timestamps=False,
+                                       temperature_inc=0.4))
+    engine.transcribe_tokens(capital_clip, initial_prompt="Hey Jarvis.", max_tokens=3)
+    assert engine.transcribe(capital_clip) == plain
 
 
 def test_audio_ctx_covers_the_clip_with_margin():
