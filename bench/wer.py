@@ -1,109 +1,88 @@
-"""Word error rate for the bench: text normalisation and word-level Levenshtein distance.
+"""How well a transcript heard its request: WER, the first word, wake-phrase leaks and decode loops.
 
-Both the reference and the hypothesis go through the same `normalize()`, so "Set a timer
-for 5 minutes." and "set a timer for five minutes" count as identical: lowercase, digits as
-spoken words ("5" -> "five", "42" -> "forty two", "7:30" -> "seven thirty", "3.5" -> "three
-point five", "50%" -> "fifty percent", "1st" -> "first"), hyphens as spaces, other punctuation
-removed (apostrophes join: "what's" -> "whats"), whitespace collapsed.
+The WER is counted the way Whisper's own evaluations count it: both sides go through Whisper's
+English normaliser (``whisper-normalizer``, the package that carries ``EnglishTextNormalizer``:
+case, punctuation, contractions "what's" → "what is", spelled numbers "five" → "5", fillers "um",
+British spellings), then ``jiwer`` aligns the words.  So "Set a timer for 5 minutes." and "set a
+timer for five minutes" are the same, while "This, set a timer for 5 minutes" is one insertion.
+
+Per file, beside the word errors:
+
+* ``first_word_ok``: the transcript's first word is the request's first word — the audio given to
+  STT started where the wake phrase ended, without cutting the next word ("I'll have you today"
+  for "how are you today" is a miss) and without a word of the wake phrase before it;
+* ``leak``: words before the request's first word ("This, set a timer", "Jarvis what time is it");
+* ``loop``: a repetition loop — a word n-gram said over and over that the request does not say, or
+  far more words than the request has ("tell me something about the moon" six times).
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
-         " sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ORDINAL_WORDS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-                  "nine": "ninth", "twelve": "twelfth"}
+import jiwer
+from whisper_normalizer.english import EnglishTextNormalizer
 
+from engines.stt.whispercpp import repeated_ngram
 
-def number_words(n: int) -> list[str]:
-    """Spoken English words for a non-negative integer (no "and"): 105 -> one hundred five."""
-    if n < 0:
-        return ["minus", *number_words(-n)]
-    if n < 20:
-        return [_ONES[n]]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return [_TENS[tens]] + ([_ONES[ones]] if ones else [])
-    for size, name in ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred")):
-        if n >= size:
-            head, rest = divmod(n, size)
-            return number_words(head) + [name] + (number_words(rest) if rest else [])
-    raise AssertionError("unreachable")
-
-
-def _ordinal(words: list[str]) -> list[str]:
-    last = words[-1]
-    if last in _ORDINAL_WORDS:
-        last = _ORDINAL_WORDS[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last = last + "th"
-    return words[:-1] + [last]
-
-
-def _digits_to_words(n_text: str) -> list[str]:
-    if len(n_text) > 12:  # a long digit string (a phone number, a code): read digit by digit
-        return [_ONES[int(d)] for d in n_text]
-    return number_words(int(n_text))
-
-
-_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
-_DECIMAL = re.compile(r"\b(\d+)\.(\d+)\b")
-_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
-_THOUSANDS = re.compile(r"\b(\d{1,3}(?:,\d{3})+)\b")
-_NUMBER = re.compile(r"\d+")
-
-
-def _time_words(m: re.Match) -> str:
-    hours, minutes = int(m.group(1)), int(m.group(2))
-    if minutes == 0:
-        return " ".join(number_words(hours)) + " o'clock"
-    tail = ["oh", *number_words(minutes)] if minutes < 10 else number_words(minutes)
-    return " ".join(number_words(hours) + tail)
+_NORMALIZER = EnglishTextNormalizer()
 
 
 def normalize(text: str | None) -> list[str]:
-    """Words of `text`, lowercased, numbers spoken, punctuation removed."""
+    """Words of ``text`` after Whisper's English normaliser ("&" is read "and" first: whisper writes both)."""
     if not text:
         return []
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = text.replace("\u2019", "'").replace("%", " percent ").replace("&", " and ")
-    text = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), text)
-    text = _TIME.sub(_time_words, text)
-    text = _DECIMAL.sub(lambda m: " ".join(_digits_to_words(m.group(1)) + ["point"]
-                                           + [_ONES[int(d)] for d in m.group(2)]), text)
-    text = _ORDINAL.sub(lambda m: " " + " ".join(_ordinal(_digits_to_words(m.group(1)))) + " ", text)
-    text = _NUMBER.sub(lambda m: " " + " ".join(_digits_to_words(m.group(0))) + " ", text)
-    text = text.replace("'", "")
-    text = re.sub(r"[^\w\s]|_", " ", text)
-    return text.split()
+    return _NORMALIZER(text.replace("&", " and ")).split()
 
 
-def _distance(ref: list[str], hyp: list[str]) -> int:
-    """Levenshtein distance over words (substitution, insertion, deletion all cost 1)."""
-    if not ref:
-        return len(hyp)
-    if not hyp:
-        return len(ref)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+@dataclass(frozen=True)
+class Heard:
+    """One transcript against its reference."""
+    errors: int          # substitutions + deletions + insertions
+    ref_words: int
+    first_word_ok: bool  # the transcript starts with the request's first word
+    leak: int            # words heard before the request's first word
+    loop: bool           # a repetition loop
+
+    @property
+    def wer(self) -> float:
+        return self.errors / self.ref_words if self.ref_words else float(self.errors > 0)
+
+
+def _alignment(ref: list[str], hyp: list[str]):
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    return out, out.alignments[0]
+
+
+def judge(ref: str, hyp: str | None) -> Heard:
+    """Word errors, first word, leak and loop of one transcript (both sides normalised)."""
+    r, h = normalize(ref), normalize(hyp)
+    if not r:
+        return Heard(len(h), 0, not h, 0, is_loop(r, h))
+    if not h:
+        return Heard(len(r), len(r), False, 0, False)
+    out, chunks = _alignment(r, h)
+    errors = out.substitutions + out.deletions + out.insertions
+    leak = next((c.hyp_end_idx - c.hyp_start_idx for c in chunks if c.type == "insert" and c.ref_start_idx == 0
+                 and c.hyp_start_idx == 0), 0)
+    return Heard(errors, len(r), h[0] == r[0], leak, is_loop(r, h))
+
+
+def is_loop(ref_words: list[str], hyp_words: list[str]) -> bool:
+    """A decode loop: an n-gram repeated back to back that the reference does not repeat, or more than
+    twice the reference's words plus four."""
+    if len(hyp_words) > 2 * len(ref_words) + 4:
+        return True
+    found = repeated_ngram(hyp_words)
+    return found is not None and repeated_ngram(ref_words) != found
 
 
 def word_errors(ref: str, hyp: str) -> tuple[int, int]:
     """(substitutions + insertions + deletions, number of reference words) after normalisation."""
-    ref_words, hyp_words = normalize(ref), normalize(hyp)
-    return _distance(ref_words, hyp_words), len(ref_words)
+    heard = judge(ref, hyp)
+    return heard.errors, heard.ref_words
 
 
 def wer(pairs: Iterable[tuple[str, str]]) -> float:
@@ -116,3 +95,33 @@ def wer(pairs: Iterable[tuple[str, str]]) -> float:
         errors += e
         words += n
     return errors / words if words else float("nan")
+
+
+def summarize(rows: Iterable[tuple[str, str | None]]) -> dict:
+    """Corpus figures over (reference, transcript) pairs: WER, first-word errors, leaks, loops, files."""
+    n = errors = words = first_bad = leaks = loops = 0
+    for ref, hyp in rows:
+        heard = judge(ref, hyp)
+        n += 1
+        errors += heard.errors
+        words += heard.ref_words
+        first_bad += not heard.first_word_ok
+        leaks += heard.leak > 0
+        loops += heard.loop
+    return {"wer": round(errors / words, 4) if words else None, "files": n, "ref_words": words,
+            "first_word_errors": first_bad, "first_word_error_rate": round(first_bad / n, 4) if n else None,
+            "leaks": leaks, "loops": loops}
+
+
+def summarize_by(rows: Iterable[tuple[str, str, str | None]]) -> dict[str, dict]:
+    """``summarize`` per group over (group, reference, transcript) triples, groups in first-seen order."""
+    groups: dict[str, list[tuple[str, str | None]]] = {}
+    for group, ref, hyp in rows:
+        groups.setdefault(group, []).append((ref, hyp))
+    return {g: summarize(pairs) for g, pairs in groups.items()}
+
+
+def top_errors(rows: Iterable[tuple[str, str | None]], n: int = 8) -> list[tuple[str, str, int]]:
+    """The most frequent wrong transcripts: (reference, transcript, count), most frequent first."""
+    wrong = Counter((ref, hyp or "") for ref, hyp in rows if judge(ref, hyp).errors)
+    return [(ref, hyp, k) for (ref, hyp), k in wrong.most_common(n)]

@@ -1,53 +1,18 @@
-"""Bench output: WER, report.md + PNG plots from report.json, and the Perfetto trace export."""
+"""Bench output: report.md + PNG plots from report.json, and the Perfetto trace export."""
 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
 import pytest
 
 from bench.render import render, route_kind
-from bench.wer import normalize, wer, word_errors
 from pipeline.latency import percentiles
 from tools.trace import TRACKS, sessions_to_trace, write_trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------------------------------------- WER
-
-def test_wer_identical_after_normalisation():
-    assert wer([("Set a timer for five minutes.", "set a timer for 5 minutes")]) == 0.0
-    assert normalize("What's the TIME,  now?") == ["whats", "the", "time", "now"]
-    assert word_errors("Hello, world!", "hello world") == (0, 2)
-
-
-def test_wer_one_substitution_in_three_words():
-    assert wer([("turn on lights", "turn off lights")]) == pytest.approx(1 / 3)
-    assert word_errors("turn on lights", "turn off lights") == (1, 3)
-
-
-def test_wer_insertions_and_deletions():
-    assert word_errors("what time is it", "what time is it now") == (1, 4)  # insertion
-    assert word_errors("what time is it", "what is it") == (1, 4)  # deletion
-    assert word_errors("a b c", "") == (3, 3)
-    assert word_errors("", "a b") == (2, 0)
-    # corpus WER sums errors and words over all pairs
-    assert wer([("a b c d", "a b c d"), ("e f", "e")]) == pytest.approx(1 / 6)
-    assert math.isnan(wer([]))
-
-
-def test_wer_numbers_as_words():
-    assert normalize("5") == ["five"]
-    assert word_errors("5", "five") == (0, 1)
-    assert normalize("42 minutes") == ["forty", "two", "minutes"]
-    assert normalize("100") == ["one", "hundred"]
-    assert normalize("0") == ["zero"]
-    assert normalize("set an alarm for 7:30") == ["set", "an", "alarm", "for", "seven", "thirty"]
-    assert word_errors("twenty-one", "21") == (0, 2)
 
 
 # ---------------------------------------------------------------------------------------------- render
