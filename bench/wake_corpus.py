@@ -1,13 +1,17 @@
 """The wake-word corpus: voices × requests × conditions, near misses, and long negatives.
 
-Made by the bench itself with the offline TTS engines (flite, espeak-ng) and cached
+Made by the bench itself with the offline TTS engines (flite, espeak-ng, the Piper neural voice
+when it is installed) and cached
 (a stamp with a hash of the plan, like ``bench.corpus``).  One folder with WAV files and
 ``manifest.jsonl`` in the corpus contract's format (docs/architecture.md, "Contracts") plus wake keys:
 
 * ``set``: "positive" (starts with "hey jarvis"), "near_miss" (sounds like it, must not
   wake), "ordinary" (household talk), "noise" (pink noise at several levels, babble alone);
-* ``condition``: "clean", "pink" (pink noise at 10 dB SNR) or "babble" (several other
-  TTS voices talking at once, 10 dB SNR) for positives; "clean" for negatives;
+* ``condition``: "clean", "pink" (pink noise at 10 dB SNR), "babble" (several other
+  TTS voices talking at once, 10 dB SNR) or "room" (a far-field room: the voice 1-2 m away
+  between hard walls, ``bench.rooms``) for positives; "clean" for negatives, and "room" for a
+  room copy of the near misses and of one ordinary paragraph per voice (a room must not add
+  false wakes);
 * ``wake_start_s`` / ``wake_end_s``: where "hey jarvis" starts and ends in the file.  The
   end is measured by synthesizing the wake phrase alone with the same voice
   (``speech_bounds`` of "Hey Jarvis"), so it is ground truth from the samples, not from a
@@ -36,10 +40,11 @@ import numpy as np
 
 from bench import synth
 from bench.corpus import MANIFEST, _slug, build_locked
+from bench.rooms import in_room
 from bench.synth import engine_available, mix_at_snr, pink_noise, speech_bounds, tts_samples, write_wav16
 from core.audio import SAMPLE_RATE
 
-WAKE_CORPUS_VERSION = 1
+WAKE_CORPUS_VERSION = 2  # 2: the room condition, the Piper voice
 WAKE_PHRASE = "Hey Jarvis"
 SNR_DB = 10.0
 LEAD_S = 0.5
@@ -76,8 +81,12 @@ VOICES: tuple[WakeVoice, ...] = (
     WakeVoice("espeak-en-m7-fast", "espeak-ng", "en+m7", rate=220, split="tune"),
     WakeVoice("espeak-en-f4-slow", "espeak-ng", "en+f4", rate=140, split="heldout"),
     WakeVoice("espeak-en-scot", "espeak-ng", "en-gb-scotland", rate=190, split="tune"),
+    # the neural voice (natural prosody), at its own pace and faster
+    WakeVoice("piper-joe", "piper", "joe", split="tune"),
+    WakeVoice("piper-joe-fast", "piper", "joe", rate=200, split="heldout"),
 )
-QUICK_VOICES = ("flite-kal", "espeak-en-us", "espeak-en-m7-fast")
+CONDITIONS = ("clean", "pink", "babble", "room")
+QUICK_VOICES = ("flite-kal", "espeak-en-us", "espeak-en-m7-fast", "piper-joe")
 
 REQUESTS = ("what time is it", "set a timer for five minutes", "what is the weather like today",
             "turn on the kitchen light", "who wrote Romeo and Juliet")
@@ -138,7 +147,7 @@ PARAGRAPH_SENTENCES = 8
 class WakeItem:
     file: str
     set: str                 # positive | near_miss | ordinary | noise
-    condition: str           # clean | pink | babble
+    condition: str           # clean | pink | babble | room
     text: str                # what is spoken ("" for noise)
     transcript: str          # the request (positives) or the whole text
     voice: WakeVoice | None = None
@@ -157,18 +166,20 @@ def plan(quick: bool = False) -> list[WakeItem]:
     voices = _voices(quick)
     requests = QUICK_REQUESTS if quick else REQUESTS
     near = QUICK_NEAR_MISSES if quick else NEAR_MISSES
-    conditions = ("clean", "pink", "babble")
     items: list[WakeItem] = []
     seed = 0
     for v in voices:
         for r in requests:
-            for c in conditions:
+            for c in CONDITIONS:
                 seed += 1
                 items.append(WakeItem(f"pos_{v.id}_{_slug(r)}_{c}.wav", "positive", c,
                                       f"{WAKE_PHRASE}, {r}", r, v, seed))
-    for v in voices:
-        for s in near:
-            items.append(WakeItem(f"near_{v.id}_{_slug(s)}.wav", "near_miss", "clean", s, s, v))
+    for c in ("clean", "room"):
+        tag = "" if c == "clean" else f"{c}_"
+        for v in voices:
+            for s in near:
+                seed += 1
+                items.append(WakeItem(f"{tag}near_{v.id}_{_slug(s)}.wav", "near_miss", c, s, s, v, seed))
     n_par = 1 if quick else len(ORDINARY) // PARAGRAPH_SENTENCES
     for i, v in enumerate(voices):
         for p in range(n_par):
@@ -179,6 +190,8 @@ def plan(quick: bool = False) -> list[WakeItem]:
                 sents = sents[:3]
             text = " ".join(sents)
             items.append(WakeItem(f"ord_{v.id}_p{p}.wav", "ordinary", "clean", text, text, v))
+            if p == 0:  # one paragraph per voice in the room as well
+                items.append(WakeItem(f"room_ord_{v.id}_p{p}.wav", "ordinary", "room", text, text, v, 7000 + i))
     levels = [-40] if quick else [-50, -45, -40, -35, -30, -25]
     secs = QUICK_NOISE_CLIP_S if quick else NOISE_CLIP_S
     for k, db in enumerate(levels):
@@ -205,7 +218,8 @@ def default_wake_corpus_dir(corpus_cache_dir: Path, quick: bool) -> Path:
 def build_wake_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True) -> Path:
     """Synthesize the wake corpus into ``out_dir`` (idempotent, locked, atomic); return the manifest path."""
     items = plan(quick)
-    return build_locked(out_dir, [i.file for i in items], _stamp(items, quick), ["flite", "espeak-ng"],
+    engines = sorted({i.voice.engine for i in items if i.voice})
+    return build_locked(out_dir, [i.file for i in items], _stamp(items, quick), engines,
                         lambda out: _make_all(out, items, quick, progress), "the wake corpus")
 
 
@@ -286,6 +300,8 @@ def _make(out: Path, it: WakeItem, speech: dict, babble_src: dict) -> dict[str, 
     elif it.condition == "babble":
         audio = mix_at_snr(clean, babble(len(clean) / SAMPLE_RATE + 0.1, babble_src, it.seed, exclude=v.id),
                            SNR_DB)
+    elif it.condition == "room":
+        audio = in_room(clean, it.seed)
     write_wav16(out / it.file, audio)
     row.update(wake=it.set == "positive", transcript=it.transcript, speaker=v.id, speech_end_s=round(end, 3),
                kind="command" if it.set == "positive" else "negative", voice=v.spec, split=v.split,

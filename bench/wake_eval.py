@@ -42,8 +42,10 @@ FRAME = 1280
 LEAD_SILENCE_S = 2.0
 MATCH_BEFORE_S = 0.2
 MATCH_AFTER_S = 1.5
-CONDITIONS = ("clean", "pink", "babble")
-NEGATIVE_SETS = ("ordinary", "noise", "near_miss")
+CONDITIONS = ("clean", "pink", "babble", "room")
+# The negative streams: each set as recorded, and the room copies of ordinary speech and near misses
+# (the room condition must add no false wake).
+NEGATIVE_SETS = ("ordinary", "noise", "near_miss", "ordinary:room", "near_miss:room")
 DEFAULT_CONFIGS = ("oww@0.5", "oww@0.1", "oww@0.1+verify", "oww@0.05+verify", "oww@0.05+verify+sure0.97",
                    "oww@0.005+onset+forced", "oww@0.05+forced", "oww@0.005+forced", "onset+forced",
                    "porcupine", "microwakeword", "pocketsphinx")
@@ -80,10 +82,14 @@ def parse_config(name: str) -> dict[str, Any]:
 
 
 def build_streams(rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """Concatenate the corpus into one stream per set: positives per condition, and each negative set."""
+    """Concatenate the corpus into one stream per set: positives per condition, and each negative set
+    (its room copy apart: "near_miss:room")."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        key = f"positive:{r['condition']}" if r["set"] == "positive" else r["set"]
+        if r["set"] == "positive":
+            key = f"positive:{r['condition']}"
+        else:
+            key = r["set"] if r.get("condition", "clean") == "clean" else f"{r['set']}:{r['condition']}"
         groups[key].append(r)
     streams = {}
     lead = int(LEAD_SILENCE_S * SAMPLE_RATE)
@@ -485,7 +491,7 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
             s = key
             false[s]["count"] += len(accepted)
             false[s]["hours"] += st["seconds"] / 3600.0
-            if s == "near_miss":
+            if s.startswith("near_miss"):
                 for a in accepted:
                     f = next((f for f in st["files"] if f["start"] <= a[0] < f["end"]), None)
                     near_texts[(f or {}).get("text", "?")] += 1
@@ -818,8 +824,9 @@ def rescore(corpus_dir, proposals_path, out_dir=None, *, tune: bool = True, mode
 
 def summary_table(report: dict) -> str:
     """A plain-text table of the report (also what report.md shows)."""
-    lines = [f"{'config':30s} {'clean':>9s} {'pink':>9s} {'babble':>9s} {'ord/h':>6s} {'noise/h':>7s} "
-             f"{'near':>5s} {'dbl':>4s} {'delay p50/p95':>14s} {'cpu ms/s':>8s} {'verify p50/p95':>14s}"]
+    lines = [f"{'config':30s} " + " ".join(f"{c:>9s}" for c in CONDITIONS) + f" {'ord/h':>6s} {'noise/h':>7s} "
+             f"{'near':>5s} {'room ord/near':>13s} {'dbl':>4s} {'delay p50/p95':>14s} {'cpu ms/s':>8s} "
+             f"{'verify p50/p95':>14s}"]
     for name, r in report["configs"].items():
         c = r["conditions"]
         fw = r["false_wakes"]
@@ -827,6 +834,7 @@ def summary_table(report: dict) -> str:
         lines.append(
             f"{name:30s} " + " ".join(f"{c[k]['detected']:>4d}/{c[k]['total']:<4d}" for k in CONDITIONS)
             + f" {_f(fw['ordinary']['per_hour']):>6s} {_f(fw['noise']['per_hour']):>7s} {fw['near_miss']['count']:>5d}"
+            f" {fw['ordinary:room']['count']:>6d}/{fw['near_miss:room']['count']:<6d}"
             f" {r['double_wakes']:>4d} {_f(r['delay_ms']['p50'], 0):>6s}/{_f(r['delay_ms']['p95'], 0):<7s}"
             f" {r['proposer_cpu_ms_per_audio_s']:>8.1f} {_f(ver.get('p50'), 0):>6s}/{_f(ver.get('p95'), 0):<7s}")
     for name, why in report.get("skipped", {}).items():

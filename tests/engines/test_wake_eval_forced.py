@@ -69,7 +69,7 @@ def test_wake_eval_forced_onset_on_atiny_wake_corpus(tmp_path, models):
     assert r["proposer_cpu_ms_per_audio_s"] > report["configs"]["oww@0.5"]["proposer_cpu_ms_per_audio_s"] > 0
     sweep = r["margin_sweep"]
     assert [row["min_margin"] for row in sweep] == list(MARGIN_GRID)
-    assert sweep[0]["totals"] == {"clean": 2, "pink": 0, "babble": 0}
+    assert sweep[0]["totals"] == {"clean": 2, "pink": 0, "babble": 0, "room": 0}
     assert all(a["clean"] >= b["clean"] for a, b in zip(sweep, sweep[1:]))  # a stricter margin never detects more
     alone = report["configs"]["onset+forced"]
     assert alone["proposals_by_source"]["oww"] == 0 and alone["conditions"]["clean"]["detected"] >= 1

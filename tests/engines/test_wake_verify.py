@@ -118,7 +118,7 @@ def test_wake_eval_on_atiny_wake_corpus(tmp_path, models):
     for r in (one, two):
         assert r["conditions"]["clean"]["total"] == 2
         assert r["conditions"]["pink"]["total"] == 0
-        assert set(r["false_wakes"]) == {"ordinary", "noise", "near_miss"}
+        assert set(r["false_wakes"]) == {"ordinary", "noise", "near_miss", "ordinary:room", "near_miss:room"}
         assert r["false_wakes"]["near_miss"]["hours"] > 0 and r["false_wakes"]["noise"]["hours"] > 0
         assert r["false_wakes"]["noise"]["count"] == 0
         assert r["proposer_cpu_ms_per_audio_s"] > 0
