@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from bench import synth
+from bench.rooms import in_room
 from bench.synth import engine_available, pink_noise, speech_bounds, tts_samples, write_wav16
 from core.audio import SAMPLE_RATE, AudioFormatError, read_wav_info
 
@@ -51,7 +52,7 @@ STAMP = "corpus_version"
 KINDS = ("command", "question", "negative")
 
 # Bump when anything about how the default corpus is made changes (texts are hashed in anyway).
-CORPUS_VERSION = 2  # 2: the Piper voice, the hesitation set, conditions
+CORPUS_VERSION = 3  # 2: the Piper voice, the hesitation set, conditions; 3: the room condition
 
 
 # =============================================================================
@@ -261,8 +262,13 @@ def _clean(audio: np.ndarray, seed: int) -> np.ndarray:
 # How a spoken file is recorded: name -> (clean 16 kHz int16 audio, seed) -> audio of the same rate.
 # The condition may lengthen the audio (a reverberation tail) but must keep the speech where it was,
 # since the ground truth (speech_end_s, pause_s) is measured on the clean synthesis.
-CONDITIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"clean": _clean}
-DEFAULT_CONDITIONS = ("clean",)
+# "room": a far-field room, the voice 1-2 m away between hard walls (bench/rooms.py).
+CONDITIONS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"clean": _clean, "room": in_room}
+DEFAULT_CONDITIONS = ("clean", "room")
+QUICK_CONDITIONS = ("clean",)
+# A condition other than "clean" records the wake requests again; the hesitation set and the negatives
+# stay clean only (the wake corpus's room sets measure false wakes in a room).
+CONDITION_KINDS = ("command", "question")
 
 
 @dataclass(frozen=True)
@@ -284,17 +290,20 @@ def _voice(spec: str) -> Voice:
     return next(v for v in VOICES if v.spec == spec)
 
 
-def plan(quick: bool = False, conditions: Iterable[str] = DEFAULT_CONDITIONS) -> list[Item]:
-    """Every file of the default corpus, in manifest order (deterministic)."""
-    conditions = list(conditions)
+def plan(quick: bool = False, conditions: Iterable[str] | None = None) -> list[Item]:
+    """Every file of the default corpus, in manifest order (deterministic); ``conditions`` default to
+    ``DEFAULT_CONDITIONS`` (``QUICK_CONDITIONS`` for the quick corpus)."""
+    conditions = list((QUICK_CONDITIONS if quick else DEFAULT_CONDITIONS) if conditions is None else conditions)
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown or not conditions:
         raise ValueError(f"unknown condition(s) {unknown}; known: {sorted(CONDITIONS)}")
     items: list[Item] = []
     for i, condition in enumerate(conditions):
         tag = "" if condition == "clean" else f"{condition}_"
-        items += [dataclass_replace(item, file=tag + item.file, condition=condition, seed=item.seed + 100_000 * i)
-                  for item in _spoken_plan(quick)]
+        items += [dataclass_replace(item, file=tag + item.file, condition=condition,
+                                    seed=item.seed + 100_000 * i + k)  # each file its own room, noise...
+                  for k, item in enumerate(_spoken_plan(quick))
+                  if condition == "clean" or (item.kind in CONDITION_KINDS and not item.after_pause)]
     return items + _noise_plan(quick)
 
 
@@ -351,7 +360,7 @@ def _stamp(items: list[Item], quick: bool) -> str:
 # =============================================================================
 
 def build_default_corpus(out_dir: str | os.PathLike, *, quick: bool = False, progress: bool = True,
-                         conditions: Iterable[str] = DEFAULT_CONDITIONS) -> Path:
+                         conditions: Iterable[str] | None = None) -> Path:
     """Synthesize the default corpus into ``out_dir`` and return its manifest path.
 
     Idempotent: when ``out_dir/manifest.jsonl`` exists, the ``corpus_version``
