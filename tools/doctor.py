@@ -54,6 +54,11 @@ OVERHEAD_MS = 50.0  # IPC, routing and the LLM prompt for the request (measured 
 LLM_FIRST_TOKEN_MAX_MS = 150.0
 LLM_MIN_TOKENS_PER_S = 15.0  # faster than anyone reads a streamed answer
 SPEAKER_EMBED_MAX_MS = 300.0  # must arrive before [speaker] deadline_ms after speech end
+# Accuracy of each STT model, measured on the same clips in one run by `python -m bench.stt_study hearing`
+# (its "chosen" row is tiny.en with the default decode, "base (multilingual)" the same decode on base).
+ACCURACY_FILE = ROOT / "bench" / "out" / "stt_study" / "hearing.json"
+ACCURACY_ROWS = {"tiny.en": "chosen", "base": "base (multilingual)"}
+MIN_WER_GAIN = 0.01  # a bigger, slower model must hear at least this much better (absolute WER) to be chosen
 
 
 # --------------------------------------------------------------------------- machine
@@ -390,14 +395,33 @@ def measure_all(config, models: list[dict], config_path: str | None) -> None:
 # --------------------------------------------------------------------------- recommendation
 
 
-def recommend(models: list[dict], engines: dict, current) -> dict[str, Any]:
+def stt_accuracy(path: Path = ACCURACY_FILE) -> dict[str, dict[str, Any]]:
+    """WER per STT model from the last hearing study (``python -m bench.stt_study hearing``: every model on
+    the same clips in one run); {} when there is none."""
+    try:
+        summary = json.loads(Path(path).read_text()).get("summary") or {}
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for model, row in ACCURACY_ROWS.items():
+        s = summary.get(row)
+        if isinstance(s, dict) and isinstance(s.get("wer"), (int, float)) and not math.isnan(s["wer"]):
+            out[model] = {"wer": round(float(s["wer"]), 4), "files": s.get("files"),
+                          "decode_ms_p50": s.get("decode_ms_p50"), "source": str(path)}
+    return out
+
+
+def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, dict] | None = None) -> dict[str, Any]:
     """The set that fits the latency budget, by a simple explicit rule.
 
     speech end -> first token ~= max(end_silence, speculative_silence + STT decode) + LLM first token + overhead.
 
-    * STT: the most accurate measured model (base > tiny.en) whose decode of the 3 s clip (a ~2 s command
-      gets the same 512-frame encoder context, so this is its decode time too) fits inside the endpoint
-      silence after the speculative pause: ``speculative_silence_ms + decode_ms <= end_silence_ms``.
+    * STT: among the measured models whose decode of the 3 s clip (a ~2 s command gets the same 512-frame
+      encoder context, so this is its decode time too) fits inside the endpoint silence after the
+      speculative pause (``speculative_silence_ms + decode_ms <= end_silence_ms``), the one that hears
+      best by the numbers (``accuracy``: WER per model from the hearing study) — a bigger model only when
+      its WER is at least ``MIN_WER_GAIN`` lower, else the faster one. Without accuracy figures for every
+      candidate, the bigger model (base > tiny.en), as the usual expectation, and the report says so.
     * LLM: the largest measured gguf with a cached-prompt first token <= 150 ms and >= 15 tokens/s at 1 thread.
     * Then the sum above must be <= 600 ms; if it is not, say so (and pick the fastest of each).
     * Speaker: the configured engine if its embedding of 3 s takes <= 300 ms, else speaker ID off.
@@ -408,13 +432,25 @@ def recommend(models: list[dict], engines: dict, current) -> dict[str, Any]:
     order = {"base": 2, "tiny.en": 1}
     stt = [m for m in models if m["kind"] == "stt" and "decode_ms" in m.get("measured", {})]
     fits = [m for m in stt if spec + m["measured"]["decode_ms"] <= end_silence]
-    # Nothing fits: the smallest model (decode time grows with size; a noisy timing must not pick a bigger one).
-    stt_pick = (max(fits, key=lambda m: (order.get(m["name"], 0), m["size_mb"] or 0)) if fits
-                else min(stt, key=lambda m: (m["size_mb"] or 0, m["measured"]["decode_ms"])) if stt else None)
+    accuracy = stt_accuracy() if accuracy is None else accuracy
+    wer = {m["name"]: accuracy[m["name"]]["wer"] for m in fits if m["name"] in accuracy}
+    if fits and len(wer) == len(fits):  # by the numbers: the best WER, unless a faster model is about as good
+        best = min(wer.values())
+        good = [m for m in fits if wer[m["name"]] <= best + MIN_WER_GAIN]
+        stt_pick = min(good, key=lambda m: (m["measured"]["decode_ms"], m["size_mb"] or 0))
+    elif fits:
+        stt_pick = max(fits, key=lambda m: (order.get(m["name"], 0), m["size_mb"] or 0))
+        if len(fits) > 1:
+            reasons.append("STT accuracy: no hearing-study figures for every candidate (python -m bench.stt_study "
+                           "hearing); the bigger model is assumed to hear better")
+    else:  # nothing fits: the smallest (decode time grows with size; a noisy timing must not pick a bigger one)
+        stt_pick = min(stt, key=lambda m: (m["size_mb"] or 0, m["measured"]["decode_ms"])) if stt else None
     for m in stt:
         verdict = "fits" if m in fits else "too slow"
+        heard = (f"; WER {accuracy[m['name']]['wer']:.3f} on {accuracy[m['name']]['files']} utterances"
+                 if m["name"] in accuracy else "")
         reasons.append(f"STT {m['name']}: {spec} ms pause + {m['measured']['decode_ms']:.0f} ms decode "
-                       f"{'<=' if m in fits else '>'} {end_silence} ms end silence: {verdict}")
+                       f"{'<=' if m in fits else '>'} {end_silence} ms end silence: {verdict}{heard}")
     llm = [m for m in models if m["kind"] == "llm" and isinstance(m.get("measured", {}).get("first_token_ms"), float)
            and not math.isnan(m["measured"]["first_token_ms"])]
     good = [m for m in llm if m["measured"]["first_token_ms"] <= LLM_FIRST_TOKEN_MAX_MS
@@ -454,6 +490,7 @@ def recommend(models: list[dict], engines: dict, current) -> dict[str, Any]:
         "rule": "speech_end->first_token ~= max(end_silence, speculative_silence + stt_decode) + llm_first_token "
                 f"+ {OVERHEAD_MS:.0f} ms overhead <= {BUDGET_MS:.0f} ms (p50)",
         "stt": stt_pick["name"] if stt_pick else None, "llm": llm_pick["name"] if llm_pick else None,
+        "stt_accuracy": accuracy,
         "estimate_ms": None if estimate is None else round(estimate, 1),
         "fits_budget": estimate is not None and estimate <= BUDGET_MS,
         "settings": settings, "reasons": reasons,
