@@ -159,6 +159,69 @@ def _route_section(report: dict, utterances: list[dict]) -> list[str]:
     return out
 
 
+def _endpoint_section(report: dict) -> list[str]:
+    """Per endpoint mode, same run: complete requests' speech end -> first token, the hesitation set's cut-offs."""
+    endpoint = _dict(report.get("endpoint"))
+    modes = _dict(endpoint.get("modes"))
+    if not modes:
+        return []
+    targets, met = _dict(endpoint.get("targets")), _dict(_dict(endpoint.get("targets")).get("met"))
+    rows, voices = [], []
+    for mode, m in modes.items():
+        m = _dict(m)
+        c, h = _dict(m.get("complete")), _dict(m.get("hesitation"))
+        head, wait = _dict(c.get(HEADLINE)), _dict(c.get("speech_end_to_endpoint"))
+        hes = _dict(h.get(HEADLINE))
+        label = f"**{mode}** (default)" if mode == endpoint.get("default") else mode
+        rows.append([label, fmt_ms(head.get("p50")), fmt_ms(head.get("p95")), fmt_int(head.get("n")),
+                     fmt_ms(wait.get("p50")), fmt_ms(wait.get("p95")),
+                     f"{fmt_int(h.get('cut_offs'))} / {fmt_int(h.get('n'))}", fmt_pct(h.get("cut_off_rate")),
+                     fmt_ms(hes.get("p50")), fmt_ms(h.get("extra_wait_ms"))])
+        for voice, pct in _dict(c.get("by_voice")).items():
+            pct = _dict(pct)
+            voices.append([mode, voice, fmt_ms(pct.get("p50")), fmt_ms(pct.get("p95")), fmt_int(pct.get("n"))])
+    check = lambda key: "met" if met.get(key) is True else "**missed**" if met.get(key) is False else "n/a"  # noqa: E731
+    out = ["## Endpointing: when is the person done?", "",
+           "Complete requests (no pause inside) and the hesitation set (a 0.4–0.8 s pause mid-request) replayed "
+           "under each endpoint mode in the same run. Cut-off: the request was taken as ended before the words "
+           "after the pause began. Extra wait: hesitation requests' speech end → first token p50 minus complete "
+           "requests'.", ""]
+    out += table(["mode", "speech end → first token p50", "p95", "n", "speech end → endpoint p50", "p95",
+                  "cut-offs", "rate", "hesitations SE→FT p50", "extra wait"], rows) + [""]
+    out += [f"Targets (default mode): p50 ≤ {fmt_ms(targets.get('p50_ms'))} ms {check('p50')}, p95 ≤ "
+            f"{fmt_ms(targets.get('p95_ms'))} ms {check('p95')}, cut-offs ≤ {fmt_pct(targets.get('cut_off_rate'))} "
+            f"{check('cut_offs')}, ≥ {fmt(targets.get('vs_baseline_p50'), 0)}× faster at p50 than the sequential "
+            f"baseline's {fmt_int(endpoint.get('baseline_end_silence_ms'))} ms silence rule: "
+            f"{fmt(endpoint.get('vs_baseline_p50'), 2, '×')} {check('vs_baseline')}.", ""]
+    if voices:
+        out += ["Complete requests per voice:", ""] + table(["mode", "voice", "p50", "p95", "n"], voices) + [""]
+    curve = [_dict(c) for c in _list(endpoint.get("threshold_curve"))]
+    if curve:
+        out += ["Trade-off (estimated from this run's turn-model scores): a higher `turn_threshold` makes complete "
+                "requests wait; the hesitation set's open endings wait whatever the threshold.", ""]
+        out += table(["turn_threshold", "SE→FT p50", "p95", "requests that wait", "n"],
+                     [[fmt(c.get("threshold"), 2), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")), fmt_int(c.get("waiting")),
+                       fmt_int(c.get("n"))] for c in curve]) + [""]
+    return out + _tail_section(report)
+
+
+def _tail_section(report: dict) -> list[str]:
+    """Where speech end → first token went, per stage, in each bench section that replayed requests."""
+    tail = _dict(report.get("tail"))
+    if not tail:
+        return []
+    names = ("speech_end_to_endpoint", "endpoint_to_transcript", "stt_compute", "transcript_to_first_token",
+             "speech_end_to_first_token")
+    rows = []
+    for section, split in tail.items():
+        split = _dict(split)
+        rows.append([section] + [f"{fmt_ms(_dict(split.get(n)).get('p50'))} / {fmt_ms(_dict(split.get(n)).get('p95'))}"
+                                 for n in names] + [fmt_int(_dict(split.get(HEADLINE)).get("n"))])
+    return (["### Per stage, per bench section (p50 / p95 ms)", ""]
+            + table(["section", "speech end → endpoint", "endpoint → transcript", "STT compute",
+                     "transcript → first token", "speech end → first token", "n"], rows) + [""])
+
+
 def _stages_section(report: dict) -> list[str]:
     vigil = _dict(report.get("stages_ms"))
     base = _dict(_dict(report.get("baseline")).get("stages_ms"))
@@ -415,6 +478,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
              "## Latency: Vigil vs sequential baseline", "",
              "Same corpus, same engines, same run. Ratio = baseline / Vigil (> 1: Vigil is faster).", ""]
     lines += _span_table(spans, base_spans) + [""]
+    lines += _endpoint_section(report)
     lines += _route_section(report, utterances)
     lines += _stages_section(report)
     lines += _overhead_section(report)

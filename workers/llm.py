@@ -10,7 +10,11 @@ Deadlines, retry and cancellation (DESIGN.md "Failure handling"):
   that thread to the outbox, beats the heartbeat and watches the inbox and the clock. So
   a hung engine can neither silence the heartbeat nor hold the person past a deadline.
 * First-token deadline (``llm.first_token_timeout_s``) and total deadline
-  (``llm.total_timeout_s``), both counted from the request (``LlmRequest.t_ns``).
+  (``llm.total_timeout_s``), both counted from ``LlmRequest.t_ns``: the moment the person
+  stopped speaking (the coordinator sets it so), not the moment the request came. A request
+  started on a partial transcript and the final one therefore share one deadline, and a hung
+  engine keeps the person waiting ``first_token_timeout_s`` after their last word, not that
+  long again after each request.
 * One retry when the engine could not connect (``error`` starting "connect:") before any
   token went out, if ``llm.retry_connect`` and the first-token budget still allows.
 * A ``Cancel`` for the session (barge-in, shutdown) stops the engine between two tokens:
