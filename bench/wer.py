@@ -125,3 +125,17 @@ def top_errors(rows: Iterable[tuple[str, str | None]], n: int = 8) -> list[tuple
     """The most frequent wrong transcripts: (reference, transcript, count), most frequent first."""
     wrong = Counter((ref, hyp or "") for ref, hyp in rows if judge(ref, hyp).errors)
     return [(ref, hyp, k) for (ref, hyp), k in wrong.most_common(n)]
+
+
+def stt_summary(records: list[dict]) -> dict:
+    """The bench report's ``stt``: over wake utterances whose wake was detected, the transcripts against their
+    references — overall (``wer``, ``n``, first-word errors, leaks, loops), per voice, per condition, per
+    pass, and the most frequent wrong transcripts."""
+    heard = [r for r in records if r.get("wake_expected") and r.get("wake_detected")]
+    rows = [(r.get("transcript_ref") or "", r.get("transcript") or "") for r in heard]
+    out = {**summarize(rows), "n": len(heard)}
+    for key, field in (("by_voice", "voice"), ("by_condition", "condition"), ("by_pass", "pass")):
+        out[key] = summarize_by((str(r.get(field) or ("clean" if field == "condition" else "")), ref, hyp)
+                                for r, (ref, hyp) in zip(heard, rows))
+    out["top_errors"] = [{"ref": ref, "heard": hyp, "count": n} for ref, hyp, n in top_errors(rows)]
+    return out

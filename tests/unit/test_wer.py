@@ -68,3 +68,23 @@ def test_summaries_per_group():
     assert (by["room"]["first_word_errors"], by["room"]["leaks"], by["room"]["loops"]) == (1, 1, 1)
     assert summarize([])["wer"] is None
     assert top_errors([(r, h) for _, r, h in rows])[0][2] == 1
+
+
+def test_the_bench_reports_stt_per_voice_condition_and_pass():
+    from bench.wer import stt_summary
+
+    def rec(voice, condition, n, ref, hyp, detected=True, wake=True):
+        return {"voice": voice, "condition": condition, "pass": n, "transcript_ref": ref, "transcript": hyp,
+                "wake_detected": detected, "wake_expected": wake}
+
+    records = [rec("flite:slt", "clean", 1, "what time is it", "What time is it?"),
+               rec("flite:slt", "room", 2, "what time is it", "What time is it? What time is it?"),
+               rec("piper:joe", "clean", 1, "set a timer for five minutes", "This, set a timer for 5 minutes."),
+               rec("piper:joe", "clean", 1, "what time is it", None, detected=False),  # never heard: not counted
+               rec("flite:kal", "clean", 1, "", "hello", wake=False)]
+    s = stt_summary(records)
+    assert s["n"] == 3 and s["wer"] == pytest.approx(5 / 14, abs=1e-4)
+    assert (s["first_word_errors"], s["leaks"], s["loops"]) == (1, 1, 1)
+    assert s["by_condition"]["room"]["loops"] == 1 and s["by_condition"]["clean"]["wer"] == pytest.approx(1 / 10)
+    assert s["by_voice"]["piper:joe"]["leaks"] == 1 and set(s["by_pass"]) == {"1", "2"}
+    assert s["top_errors"][0]["count"] == 1
