@@ -11,16 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.replay import Placement
+from core.events import Event, InputStartedEvent
 from pipeline.latency import percentiles
 
 HEADLINE_SPANS = ("speech_end_to_first_token", "wake_to_first_token", "speech_end_to_transcript",
                   "transcript_to_first_token", "wake_to_speech_end")
 
 
-def input_t0_ns(events: list[dict]) -> int:
+def input_t0_ns(events: list[Event]) -> int:
     for event in events:
-        if event.get("type") == "input" and event.get("event") == "started":
-            return int(event["t0_ns"])
+        if isinstance(event, InputStartedEvent):
+            return event.t0_ns
     raise ValueError("the pipeline reported no input start (no `input` event): did capture run?")
 
 

@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import psutil
 
+from core.events import DropEvent, Event, InputStartedEvent, ResponseEvent, WorkerEvent, parse_event
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = ("capture", "wakeword", "stt", "llm", "responder")
 KINDS = ("kill", "stop")
@@ -151,13 +153,13 @@ class EventTap(threading.Thread):
     def __init__(self, port: int) -> None:
         super().__init__(name="chaos-events", daemon=True)
         self.port = port
-        self.events: list[dict] = []
+        self.events: list[Event] = []
         self._seen: set[int] = set()
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[Event]:
         with self._lock:
             return list(self.events)
 
@@ -204,10 +206,8 @@ class EventTap(threading.Thread):
 
     def _add(self, event_id: int | None, data: str) -> None:
         try:
-            event = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
+            event = parse_event(json.loads(data))
+        except ValueError:  # not JSON, or not one of our events (EventError is a ValueError)
             return
         with self._lock:
             if event_id is not None:
@@ -331,7 +331,7 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         tap.start()
         first_answer = None
         while time.monotonic() < deadline and proc.poll() is None:
-            if any(e.get("type") == "response" for e in tap.snapshot()):
+            if any(isinstance(e, ResponseEvent) for e in tap.snapshot()):
                 first_answer = time.monotonic()
                 break
             time.sleep(0.2)
@@ -394,7 +394,7 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         settle_deadline = time.monotonic() + max(settle_s, 5.0)
         resumed = None
         while time.monotonic() < settle_deadline + 40 and proc.poll() is None:
-            responses = [to_mono(e["t"]) for e in tap.snapshot() if e.get("type") == "response"]
+            responses = [to_mono(e.t) for e in tap.snapshot() if isinstance(e, ResponseEvent)]
             later = [t for t in responses if t > last_fault]
             if later and resumed is None:
                 resumed = round(min(later) - last_fault, 3)
@@ -454,9 +454,9 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
             continue
 
     # ---- answers --------------------------------------------------------------------------------
-    starts_ns = [int(e["t0_ns"]) for e in events if e.get("type") == "input" and e.get("event") == "started"]
-    responses = sorted((e for e in events if e.get("type") == "response"), key=lambda e: e["t"])
-    responses_ns = [int(to_mono(e["t"]) * 1e9) for e in responses]
+    starts_ns = [e.t0_ns for e in events if isinstance(e, InputStartedEvent)]
+    responses = sorted((e for e in events if isinstance(e, ResponseEvent)), key=lambda e: e.t)
+    responses_ns = [int(to_mono(e.t) * 1e9) for e in responses]
     window = (int(chaos_start * 1e9), int((end_mono - 8.0) * 1e9))  # the last seconds may still be in flight
     expected = expected_utterances(starts_ns, int(end_mono * 1e9), rows, loop_s, window)
     match_answers(expected, responses_ns)
@@ -470,8 +470,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
     last_minute = [t for t in responses_ns if t / 1e9 >= end_mono - 60]
     drops: dict[str, int] = {}
     for e in events:
-        if e.get("type") == "drop":
-            drops[str(e.get("ring"))] = drops.get(str(e.get("ring")), 0) + int(e.get("count") or 0)
+        if isinstance(e, DropEvent):
+            drops[e.ring] = drops.get(e.ring, 0) + e.count
     restarts_total = {line.split()[0]: line.split()[-1] for line in metrics.splitlines()
                       if line.startswith("vigil_worker_restarts_total")}
     per_worker = {w: {"kill": 0, "stop": 0, "recovered": 0, "restarts": None} for w in workers}
@@ -485,10 +485,9 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
     # What the supervisor did that we did not cause: a worker silent past the heartbeat timeout while
     # busy (a false hang), or a worker that exited by itself (a crash).
     ours = {f.pid for f in faults}
-    unplanned = [{"worker": e.get("name"), "event": e.get("event"), "pid": e.get("pid"), "exitcode": e.get("exitcode"),
-                  "t": round(to_mono(e["t"]) - chaos_start, 2)}
-                 for e in events if e.get("type") == "worker" and e.get("event") in ("hung", "exited")
-                 and e.get("pid") not in ours]
+    unplanned = [{"worker": e.name, "event": e.event, "pid": e.pid, "exitcode": e.exitcode,
+                  "t": round(to_mono(e.t) - chaos_start, 2)}
+                 for e in events if isinstance(e, WorkerEvent) and e.event in ("hung", "exited") and e.pid not in ours]
     hung_pids = {u["pid"] for u in unplanned if u["event"] == "hung"}
     unplanned = [u for u in unplanned if not (u["event"] == "exited" and u["pid"] in hung_pids)]
     report.update({
@@ -505,7 +504,7 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         "answers": {"expected": len(expected), "answered": len(expected) - len(lost), "lost": len(lost),
                     "lost_near_fault": sum(r["near_fault"] for r in lost),
                     "cut_by_capture_restart": sum(r["cut"] for r in expected),
-                    "responses_total": len(responses), "degraded": sum(bool(e.get("degraded")) for e in responses)},
+                    "responses_total": len(responses), "degraded": sum(e.degraded for e in responses)},
         "answers_after_last_fault_s": resumed,
         "answers_last_minute": len(last_minute),
         "drops": drops, "rings": rings, "metrics_restarts": restarts_total,

@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.resources import ResourceSampler
 from bench.synth import write_wav16
+from core.events import Event, parse_event
 from pipeline.metrics_store import MetricsStore
 from core.audio import load_wav
 
@@ -56,7 +57,7 @@ def build_replay(utterances, path: Path, passes: int, gap_s: float, lead_s: floa
 @dataclass
 class ReplayResult:
     returncode: int
-    events: list[dict]
+    events: list[Event]  # the run's --events file
     sessions: list[dict]  # MetricsStore rows
     samples: list[dict]  # ResourceSampler rows
     stderr_tail: str
@@ -92,7 +93,7 @@ def run_pipeline(wav: Path, run_dir: Path, *, extra_args: tuple[str, ...] = (), 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()] \
+    events = [parse_event(json.loads(line)) for line in events_path.read_text().splitlines() if line.strip()] \
         if events_path.exists() else []
     store = MetricsStore(state_dir, run_id="bench")
     sessions = store.recent()

@@ -29,6 +29,7 @@ from bench.resources import summarize
 from bench.speaker_bench import speaker_summary
 from bench.synth import pink_noise, write_wav16
 from core.config import Config
+from core.events import DropEvent, Event, WakeEvent, WorkerEvent
 from pipeline.latency import percentiles
 
 STAGES = {"stt": "stt_compute", "llm_first_token": "llm_first_token_compute"}
@@ -60,16 +61,16 @@ def _progress(total_s: float, desc: str, enabled: bool):
     return bar, tick
 
 
-def _drops(events: list[dict]) -> dict[str, int]:
+def _drops(events: list[Event]) -> dict[str, int]:
     drops: dict[str, int] = {}
     for event in events:
-        if event.get("type") == "drop":
-            drops[event["ring"]] = drops.get(event["ring"], 0) + int(event["count"])
+        if isinstance(event, DropEvent):
+            drops[event.ring] = drops.get(event.ring, 0) + event.count
     return drops
 
 
-def _restarts(events: list[dict]) -> int:
-    return sum(1 for e in events if e.get("type") == "worker" and e.get("event") in ("exited", "hung"))
+def _restarts(events: list[Event]) -> int:
+    return sum(1 for e in events if isinstance(e, WorkerEvent) and e.event in ("exited", "hung"))
 
 
 def measure_vigil(utterances, run_dir: Path, passes: int, gap_s: float, progress: bool) -> tuple[list[dict], dict]:
@@ -104,7 +105,7 @@ def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
     summary = summarize(result.samples, skip_s=started + 3.0)
     summary["samples"] = [s for s in result.samples if s["t"] >= started + 3.0]
     summary["drops"] = _drops(result.events)
-    summary["false_wakes"] = sum(1 for e in result.events if e.get("type") == "wake")
+    summary["false_wakes"] = sum(1 for e in result.events if isinstance(e, WakeEvent))
     return summary
 
 

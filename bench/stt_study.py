@@ -401,6 +401,7 @@ def study_streaming(rounds: int = 2) -> dict:
     (on, off, on, off...) so a change in the machine's load hits both modes alike."""
     from bench.corpus import load_corpus
     from bench.replay import build_replay, run_pipeline
+    from core.events import ResponseEvent
 
     directory = corpus_dir(quick=True)
     utterances = list(load_corpus(directory))
@@ -421,9 +422,9 @@ def study_streaming(rounds: int = 2) -> dict:
             c["returncodes"].append(result.returncode)
             c["sessions"] += len(result.sessions)
             for e in result.events:
-                if e.get("type") != "response":
+                if not isinstance(e, ResponseEvent):
                     continue
-                lat = e.get("latency_ms") or {}
+                lat = e.latency_ms
                 for key, name in (("se_tr", "speech_end_to_transcript"), ("se_ft", "speech_end_to_first_token"),
                                   ("stt_compute", "stt_compute")):
                     if lat.get(name) is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.analysis import input_t0_ns, match_sessions, utterance_records
 from bench.replay import build_replay, run_pipeline
+from core.events import SpeakerEvent, WakeEvent, WakeRejectedEvent
 from pipeline.latency import percentiles
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -50,13 +51,13 @@ def measure_variant(utterances, run_dir: Path, name: str, env: dict[str, str], g
     records = utterance_records(utterances, matched, t0)
     answered = [r for r in records if "speech_end_to_first_token" in r["vigil"]]
     overlaps = [overlap((m.session or {}).get("marks", {})) for m in matched if m.session is not None]
-    speakers = [e for e in result.events if e.get("type") == "speaker"]
+    speakers = [e for e in result.events if isinstance(e, SpeakerEvent)]
     return {
         "env": env,
         "utterances": len(utterances),
         "answered": len(answered),
-        "wakes": sum(1 for e in result.events if e.get("type") == "wake"),
-        "wake_rejected": sum(1 for e in result.events if e.get("type") == "wake_rejected"),
+        "wakes": sum(1 for e in result.events if isinstance(e, WakeEvent)),
+        "wake_rejected": sum(1 for e in result.events if isinstance(e, WakeRejectedEvent)),
         "speaker_results": len(speakers),
         "speaker_overlapped_stt": sum(1 for o in overlaps if o),
         "speaker_compared": sum(1 for o in overlaps if o is not None),

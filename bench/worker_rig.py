@@ -43,8 +43,9 @@ class WorkerRig:
                                          policy=Policy.DROP_OLDEST, decoder=decode)
         spec = WorkerSpec("speaker", "workers.speaker:SpeakerWorker", row=0, heartbeat=hb_name, heartbeat_rows=1,
                           inbox=self.inbox.name, outbox=self.outbox.name, audio=self.audio.name, audio_slot=0)
-        self.events: list[dict] = []
-        self.sup = PipelineSupervisor(self.config, [spec], self.hb, on_event=self.events.append)
+        self.events: list[dict] = []  # the supervisor's events as the JSONL file has them
+        self.sup = PipelineSupervisor(self.config, [spec], self.hb,
+                                      on_event=lambda event: self.events.append(event.to_dict()))
         self.sup.start()
 
     def wait_running(self, timeout: float = 60) -> None:

@@ -14,7 +14,7 @@ N_FFT = 400  # Whisper: 25 ms Hann window ...
 HOP = 160  # ... 10 ms hop
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: float | np.ndarray) -> np.ndarray:
     """Slaney mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asanyarray(hz, dtype=np.float64)
     f_sp = 200.0 / 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable, Literal, get_args
 
 
 # What the person hears when no real answer can come in time (any LLM failure or deadline).
@@ -19,6 +19,12 @@ FRIENDLY_FAILURE = "Sorry, I can't answer that right now."
 
 class DecodeError(ValueError):
     """A payload that is not one of our messages."""
+
+
+# Fields with a closed set of values (decode() refuses any other value).
+TranscriptReason = Literal["speech_end", "max_length", "no_speech", "partial"]  # partial: not final, a guess
+FinishReason = Literal["stop", "length", "cancelled", "error", "timeout"]
+DeviceState = Literal["running", "opening", "closed", "no_device", "lost"]
 
 
 # ---- from workers to the parent -------------------------------------------------------
@@ -45,7 +51,7 @@ class Transcript:
     speech_end_ns: int  # capture time of the end of speech (0 when no speech was heard)
     done_ns: int  # when the transcript was ready
     compute_ms: float  # time whisper spent on it
-    reason: str = "speech_end"  # speech_end | no_speech | max_length | cancelled
+    reason: TranscriptReason = "speech_end"
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Token:
 class LlmDone:
     session: int
     text: str
-    finish_reason: str  # stop | length | cancelled | error | timeout
+    finish_reason: FinishReason
     route: str  # "llm" or "skill:NAME"
     degraded: bool
     first_token_ns: int  # 0 when no token came
@@ -125,7 +131,7 @@ class WorkerState:
     """A worker reports a condition the supervisor cannot see, e.g. a missing microphone."""
 
     worker: str
-    state: str  # running | no_device | lost | error
+    state: DeviceState
     detail: str
     t_ns: int
 
@@ -192,6 +198,16 @@ _TYPE_CHECKS: dict[str, Any] = {
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "dict[str, Any]": lambda v: isinstance(v, dict),
 }
+_CLOSED: dict[str, Any] = {"TranscriptReason": TranscriptReason, "FinishReason": FinishReason,
+                           "DeviceState": DeviceState}
+
+
+def _one_of(alias: Any) -> Callable[[Any], bool]:
+    allowed = frozenset(get_args(alias))
+    return lambda v: isinstance(v, str) and v in allowed
+
+
+_TYPE_CHECKS.update({name: _one_of(alias) for name, alias in _CLOSED.items()})
 _unchecked = {f"{cls.__name__}.{f.name}: {f.type}" for cls in MESSAGE_TYPES.values() for f in fields(cls)
               if f.type not in _TYPE_CHECKS}
 if _unchecked:  # a new field type needs a check here, or decode() would let anything through
@@ -214,11 +230,13 @@ def decode(payload: bytes) -> Any:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None  # a list as "type" is unhashable
     if cls is None:
         raise DecodeError("unknown message type")
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name: str(f.type) for f in fields(cls)}  # annotations as written (strings, see above)
     for name, value in body.items():
-        if name in known and not _TYPE_CHECKS[known[name].type](value):
-            raise DecodeError(f"bad fields for {cls.__name__}: {name} must be {known[name].type}, "
-                              f"got {type(value).__name__}")
+        if name in known and not _TYPE_CHECKS[known[name]](value):
+            closed = _CLOSED.get(known[name])
+            expected = " | ".join(get_args(closed)) if closed is not None else known[name]
+            raise DecodeError(f"bad fields for {cls.__name__}: {name} must be {expected}, "
+                              f"got {type(value).__name__} {str(value)[:40]!r}")
     try:
         return cls(**{k: v for k, v in body.items() if k in known})
     except TypeError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.backpressure import BackpressureController, RingSpec
 from core.config import Config
+from core.events import DropEvent, Event, WorkerEvent
 from pipeline.coordinator import Coordinator
 from pipeline.latency import LatencyTracker
 from pipeline.http_server import KioskHttpServer
@@ -56,7 +57,8 @@ def ring_specs(config: Config) -> list[RingSpec]:
         RingSpec("llm.in", "message", slots=16, slot_size=4096, policy=Policy.BLOCK, block_timeout_s=0.5),
         # Tokens must not be lost: the LLM waits (briefly) for the parent rather than drop one.
         RingSpec("llm.out", "message", slots=256, slot_size=1024, policy=Policy.BLOCK, block_timeout_s=1.0),
-        # Output may lag behind a slow terminal or disk; then old events go, never the pipeline.
+        # Output may lag behind a slow terminal or disk: the parent waits 0.2 s, then drops the new event
+        # (counted), never stalling the pipeline.
         RingSpec("responder.in", "message", slots=512, slot_size=8192, policy=Policy.BLOCK, block_timeout_s=0.2),
     ]
 
@@ -139,14 +141,15 @@ class Pipeline:
             log.error("message to %s too large, dropped: %s", worker, exc)
             return False
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         """One event to every output: the responder (stdout, JSONL), Prometheus, and SSE clients."""
-        self.send("responder", Emit(event))
-        self.metrics.observe_event(event)
+        body = event.to_dict()  # serialised once: every output gets the same dict
+        self.send("responder", Emit(body))
+        self.metrics.observe_event(body)
         if self.http is not None:
-            self.http.publish(event)
-        if event.get("type") == "worker" and event.get("event") == "exited":
-            self.coordinator.worker_exited(str(event.get("name")))
+            self.http.publish(body)
+        if isinstance(event, WorkerEvent) and event.event == "exited":
+            self.coordinator.worker_exited(event.name)
 
     def _pump(self, budget: int = 64) -> int:
         handled = 0
@@ -180,8 +183,7 @@ class Pipeline:
             count = int(stats.get("drops", 0)) + int(stats.get("lost", 0)) + int(stats.get("corrupt", 0))
             if count > self._drops_seen.get(ring, 0):
                 if ring != "responder.in":  # reporting a responder drop through the responder makes more
-                    self.emit({"type": "drop", "t": time.time(), "ring": ring,
-                               "count": count - self._drops_seen.get(ring, 0)})
+                    self.emit(DropEvent(ring=ring, count=count - self._drops_seen.get(ring, 0)))
                 self._drops_seen[ring] = count
 
     def _done(self) -> bool:

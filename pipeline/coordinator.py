@@ -16,9 +16,13 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from core.config import Config
+from core.events import (
+    ErrorEvent, Event, InputEndedEvent, InputStartedEvent, ResponseEvent, SpeakerEvent, TokenEvent, TranscriptEvent,
+    WakeEvent, WakeRejectedEvent,
+)
 from pipeline.latency import LatencyTracker
 from core.messages import (
     FRIENDLY_FAILURE, Announce, Cancel, InputEnded, InputStarted, LlmDone, LlmRequest, SpeakerResult,
@@ -30,12 +34,14 @@ log = logging.getLogger("vigil.coordinator")
 
 BACKSTOP_S = 1.0  # added to the worker's own deadlines before the coordinator steps in
 
+SessionState = Literal["proposed", "listening", "waiting_speaker", "answering", "done"]
+
 
 @dataclass
 class Session:
     id: int
     wake: WakeDetected
-    state: str = "listening"  # proposed | listening | waiting_speaker | answering | done
+    state: SessionState = "listening"
     transcript: str = ""
     speaker: str = "unknown"
     speaker_known: bool = False  # a SpeakerResult came (its name may still be "unknown")
@@ -59,7 +65,7 @@ class Session:
 
 
 class Coordinator:
-    def __init__(self, config: Config, send: Callable[[str, Any], bool], emit: Callable[[dict[str, Any]], None],
+    def __init__(self, config: Config, send: Callable[[str, Any], bool], emit: Callable[[Event], None],
                  tracker: LatencyTracker, store: MetricsStore | None) -> None:
         self.config = config
         self.send = send  # send(worker name, message)
@@ -100,17 +106,14 @@ class Coordinator:
             self._on_announce(message)
         elif isinstance(message, InputStarted):
             self.input_started = message
-            self.emit({"type": "input", "t": time.time(), "event": "started", "source": message.source,
-                       "seq": message.seq, "t0_ns": message.t0_ns})
+            self.emit(InputStartedEvent(source=message.source, seq=message.seq, t0_ns=message.t0_ns))
         elif isinstance(message, InputEnded):
             self.input_ended = message
-            self.emit({"type": "input", "t": time.time(), "event": "ended", "source": message.source,
-                       "seq": message.last_seq, "t_ns": message.t_ns})
+            self.emit(InputEndedEvent(source=message.source, seq=message.last_seq, t_ns=message.t_ns))
         elif isinstance(message, WorkerState):
             self.worker_states[message.worker] = message
-            if message.state in ("lost", "no_device", "error"):
-                self.emit({"type": "error", "t": time.time(), "where": message.worker,
-                           "message": f"{message.state}: {message.detail}"})
+            if message.state in ("lost", "no_device"):
+                self.emit(ErrorEvent(where=message.worker, message=f"{message.state}: {message.detail}"))
         else:
             log.warning("unexpected message %r", message)
 
@@ -152,8 +155,8 @@ class Coordinator:
         session.verify_score = verify_score
         session.deadline = time.monotonic() + stt.max_utterance_s + stt.no_speech_timeout_s + 10.0
         wake = session.wake
-        self.emit({"type": "wake", "t": time.time(), "session": session.id, "seq": wake.seq, "score": wake.score,
-                   "engine": wake.engine, "verify_score": verify_score})
+        self.emit(WakeEvent(session=session.id, seq=wake.seq, score=wake.score, engine=wake.engine,
+                            verify_score=verify_score))
         start = session.listen()
         if not stt_listening:
             self.send("stt", start)
@@ -189,8 +192,8 @@ class Coordinator:
         self.wake_rejections += 1
         self.sessions.pop(session.id, None)
         log.info("wake proposal at frame %d rejected (heard %r)", session.wake.seq, heard)
-        self.emit({"type": "wake_rejected", "t": time.time(), "seq": session.wake.seq, "score": session.wake.score,
-                   "heard": heard, "verify_score": verify_score})
+        self.emit(WakeRejectedEvent(seq=session.wake.seq, score=session.wake.score, heard=heard,
+                                    verify_score=verify_score))
 
     def _on_speaker(self, msg: SpeakerResult) -> None:
         session = self.sessions.get(msg.session)
@@ -200,8 +203,7 @@ class Coordinator:
         self.tracker.mark(msg.session, "speaker_start", msg.started_ns)
         self.tracker.mark(msg.session, "speaker", msg.done_ns)
         self.tracker.stage(msg.session, "speaker", msg.compute_ms)
-        self.emit({"type": "speaker", "t": time.time(), "session": msg.session, "name": msg.name,
-                   "score": msg.score})
+        self.emit(SpeakerEvent(session=msg.session, name=msg.name, score=msg.score))
         if session.state == "waiting_speaker":
             self._answer(session)
 
@@ -209,8 +211,8 @@ class Coordinator:
         session = self.sessions.get(msg.session)
         if session is None or session.state != "listening":
             return
-        self.emit({"type": "transcript", "t": time.time(), "session": msg.session, "text": msg.text,
-                   "final": msg.final, "speech_end_ns": msg.speech_end_ns})
+        self.emit(TranscriptEvent(session=msg.session, text=msg.text, final=msg.final,
+                                  speech_end_ns=msg.speech_end_ns))
         if not msg.final:
             if msg.text and self.config.llm.speculate and msg.text != session.guess_text:
                 self._drop_guess(session)
@@ -292,7 +294,7 @@ class Coordinator:
             self.tracker.mark(token.session, "first_token", token.t_ns)
             session.deadline = time.monotonic() + self.config.llm.total_timeout_s + BACKSTOP_S
         session.tokens.append(token.text)
-        self.emit({"type": "token", "t": time.time(), "session": token.session, "text": token.text})
+        self.emit(TokenEvent(session=token.session, text=token.text))
 
     def _on_done(self, done: LlmDone) -> None:
         session = self.sessions.get(done.session)
@@ -312,9 +314,9 @@ class Coordinator:
     def _on_announce(self, msg: Announce) -> None:
         """A timer went off: say so like any answer, as its own session with nothing heard."""
         session = next(self._ids)
-        self.emit({"type": "token", "t": time.time(), "session": session, "text": msg.text})
-        self.emit({"type": "response", "t": time.time(), "session": session, "transcript": "", "speaker": "unknown",
-                   "route": msg.route, "text": msg.text, "degraded": False, "latency_ms": {}})
+        self.emit(TokenEvent(session=session, text=msg.text))
+        self.emit(ResponseEvent(session=session, transcript="", speaker="unknown", route=msg.route, text=msg.text,
+                                degraded=False, latency_ms={}))
 
     # ---- endings -----------------------------------------------------------------------
 
@@ -324,9 +326,8 @@ class Coordinator:
         spans = self.tracker.spans(session.id)
         if route not in ("none", "cancelled"):
             self.answered += 1
-            self.emit({"type": "response", "t": time.time(), "session": session.id,
-                       "transcript": session.transcript, "speaker": session.speaker, "route": route,
-                       "text": text, "degraded": degraded, "latency_ms": spans})
+            self.emit(ResponseEvent(session=session.id, transcript=session.transcript, speaker=session.speaker,
+                                    route=route, text=text, degraded=degraded, latency_ms=spans))
         if self.store is not None:
             self.store.record(session.id, transcript=session.transcript, speaker=session.speaker, route=route,
                               degraded=degraded, response=text, spans=spans, marks=self.tracker.marks(session.id))
@@ -337,7 +338,7 @@ class Coordinator:
         self.send("llm", Cancel(session.id))
         if not session.tokens:
             self.tracker.mark(session.id, "first_token")
-        self.emit({"type": "token", "t": time.time(), "session": session.id, "text": FRIENDLY_FAILURE})
+        self.emit(TokenEvent(session=session.id, text=FRIENDLY_FAILURE))
         self.tracker.mark(session.id, "done")
         self._finish(session, route="llm", text=FRIENDLY_FAILURE, degraded=True)
 
@@ -363,8 +364,7 @@ class Coordinator:
             if session.state == "proposed":
                 self._verifier_fault(session, "no verdict in time")
             elif session.state == "listening":
-                self.emit({"type": "error", "t": time.time(), "where": "stt",
-                           "message": f"session {session.id}: no transcript in time"})
+                self.emit(ErrorEvent(where="stt", message=f"session {session.id}: no transcript in time"))
                 self._finish(session, route="none", text="", degraded=True)
             else:
                 self._answer_friendly(session, "the LLM missed its deadline")

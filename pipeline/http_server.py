@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from core.events import DropEvent, EventType
+
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -272,8 +274,8 @@ class KioskHttpServer:
             client.queue.clear()
             unreported, client.unreported = client.unreported, 0
         if unreported:
-            note = json.dumps({"type": "drop", "t": time.time(), "ring": "sse", "count": unreported})
-            frames.insert(0, f"event: drop\ndata: {note}\n\n".encode())
+            note = json.dumps(DropEvent(ring="sse", count=unreported).to_dict())
+            frames.insert(0, f"event: {EventType.DROP}\ndata: {note}\n\n".encode())
         return b"".join(frames)
 
     def _authorized(self, headers, query: dict[str, list[str]]) -> bool:

@@ -1,4 +1,4 @@
-"""Prometheus metrics for the pipeline, fed from the contract events (DESIGN.md "Contracts").
+"""Prometheus metrics for the pipeline, fed from the event stream (core/events.py).
 
 The parent passes every emitted event to `PipelineMetrics.observe_event()` and the latest
 supervisor health to `set_health()` (or gives a health callable to the constructor, which
@@ -17,12 +17,13 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.events import EventType, WorkerEventKind
 from pipeline.latency import finite
 
 log = logging.getLogger(__name__)
@@ -152,18 +153,19 @@ class PipelineMetrics:
         self.sessions.inc()
 
     def _observe(self, event: dict) -> None:
+        # A plain dict, not a parsed event: a malformed one still counts what it can (or as bad).
         kind = event.get("type")
-        if kind == "wake":
+        if kind == EventType.WAKE:
             self.wakes.labels("accepted").inc()
             self._new_session(event.get("session"))
-        elif kind == "wake_rejected":
+        elif kind == EventType.WAKE_REJECTED:
             self.wakes.labels("rejected").inc()
-        elif kind == "token":
+        elif kind == EventType.TOKEN:
             self.tokens.inc()
-        elif kind == "transcript":
+        elif kind == EventType.TRANSCRIPT:
             if event.get("final", True):
                 self.transcripts.inc()
-        elif kind == "response":
+        elif kind == EventType.RESPONSE:
             self._new_session(event.get("session"))  # a session without a wake event (e.g. a replay)
             route = self._routes(event.get("route") or "unknown")
             degraded = "true" if event.get("degraded") else "false"
@@ -176,19 +178,19 @@ class PipelineMetrics:
                     self.latency.labels(name).observe(ms)
                 elif name.endswith("_compute"):
                     self.stage.labels(self._stages(name[: -len("_compute")])).observe(ms)
-        elif kind == "worker":
+        elif kind == EventType.WORKER:
             worker = self._workers(event.get("name"))
             what = str(event.get("event") or "unknown")
-            if what not in ("started", "exited", "restarted", "hung", "recycled"):
+            if what not in get_args(WorkerEventKind):
                 what = OTHER
             self.worker_events.labels(worker, what).inc()
             if what == "restarted":
                 self.worker_restarts.labels(worker).inc()
-        elif kind == "drop":
+        elif kind == EventType.DROP:
             count = finite(event.get("count"))
             if count is not None and count > 0:
                 self.drops.labels(self._rings(event.get("ring"))).inc(count)
-        elif kind == "error":
+        elif kind == EventType.ERROR:
             self.errors.labels(self._wheres(event.get("where"))).inc()
         elif not isinstance(kind, str):
             self.bad_events.inc()

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import psutil
 
 from core.config import Config
+from core.events import ErrorEvent, Event, WorkerEvent, WorkerEventKind
 from shm.heartbeat import HeartbeatTable
 from workers.base import WorkerSpec, worker_main
 
@@ -51,7 +52,7 @@ class WorkerHandle:
 
 class PipelineSupervisor:
     def __init__(self, config: Config, specs: list[WorkerSpec], heartbeat: HeartbeatTable,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None) -> None:
         self.cfg = config.supervisor
         self.config = config
         self.heartbeat = heartbeat
@@ -94,9 +95,9 @@ class PipelineSupervisor:
         log.info("started %s (pid %d)", handle.spec.name, process.pid)
         self._event(handle, "started" if handle.restarts == 0 else "restarted")
 
-    def _event(self, handle: WorkerHandle, event: str, exitcode: int | None = None, pid: int | None = None) -> None:
-        self.on_event({"type": "worker", "t": time.time(), "name": handle.spec.name, "event": event,
-                       "pid": pid or handle.pid, "exitcode": exitcode})
+    def _event(self, handle: WorkerHandle, event: WorkerEventKind, exitcode: int | None = None,
+               pid: int | None = None) -> None:
+        self.on_event(WorkerEvent(name=handle.spec.name, event=event, pid=pid or handle.pid, exitcode=exitcode))
 
     def _schedule_restart(self, handle: WorkerHandle, reason: str) -> None:
         now = time.monotonic()
@@ -197,8 +198,7 @@ class PipelineSupervisor:
                       "rss_limit_mb", handle.spec.name, time.monotonic() - handle.started_at)
         handle.recycles += 1
         handle.recycle_deadline = time.monotonic() + self.cfg.stop_timeout_s
-        self.on_event({"type": "error", "t": time.time(), "where": handle.spec.name,
-                       "message": f"{reason}; recycled"})
+        self.on_event(ErrorEvent(where=handle.spec.name, message=f"{reason}; recycled"))
         self._event(handle, "recycled")
         try:
             os.kill(handle.pid, signal.SIGTERM)

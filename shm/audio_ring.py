@@ -146,6 +146,7 @@ class AudioRing(MappedSegment):
         lay = _Layout(frame_samples, capacity, max_readers)
         shm = create_segment(name, lay.size)
         try:
+            assert shm.buf is not None  # a fresh mapping (only close() clears it)
             _initialise(shm.buf, lay, sample_rate)
             return cls(shm, name, owner=True)
         except BaseException:

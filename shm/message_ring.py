@@ -169,6 +169,7 @@ class MessageRing(MappedSegment):
             raise ValueError(f"block_timeout_s must be in [0, 3600], got {block_timeout_s}")
         shm = create_segment(name, cls.segment_size(slots, slot_size))
         try:
+            assert shm.buf is not None  # a fresh mapping (only close() clears it)
             _initialise(shm.buf, slots, slot_size, policy, block_timeout_s)
             return cls(shm, name, decoder)
         except BaseException:
@@ -219,10 +220,11 @@ class MessageRing(MappedSegment):
                 hdr[H_DROPS] = int(hdr[H_DROPS]) + 1
                 return False
             if self._policy is Policy.BLOCK:
-                r = self._wait_for_space(w)
-                if r is None:
+                freed = self._wait_for_space(w)
+                if freed is None:
                     hdr[H_DROPS] = int(hdr[H_DROPS]) + 1
                     return False
+                r = freed
             else:  # DROP_OLDEST: the oldest unread message is about to go
                 hdr[H_DROPS] = int(hdr[H_DROPS]) + 1
         i = w % slots

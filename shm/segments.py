@@ -21,6 +21,7 @@ import sys
 import threading
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any, Self
 
 import psutil
 
@@ -96,7 +97,7 @@ def create_segment(name: str, size: int) -> SharedMemory:
     # shm_open's mode is filtered by the umask; make 0600 explicit anyway so a
     # permissive umask can never expose audio to other users.
     try:
-        os.fchmod(shm._fd, MODE)  # noqa: SLF001 - the fd is the only handle
+        os.fchmod(shm._fd, MODE)  # type: ignore[attr-defined]  # noqa: SLF001 - the fd is the only handle
     except (AttributeError, OSError):
         os.chmod(os.path.join(SHM_DIR, name), MODE)
     return shm
@@ -114,7 +115,7 @@ def attach_segment(name: str) -> SharedMemory:
             if rtype != "shared_memory":
                 original(rname, rtype)
 
-        resource_tracker.register = _skip_shared_memory
+        resource_tracker.register = _skip_shared_memory  # type: ignore[assignment]  # a private hook
         try:
             return SharedMemory(name=name, create=False)
         finally:
@@ -216,10 +217,10 @@ class MappedSegment:
     _name: str
 
     @classmethod
-    def _attach(cls, name: str, **kwargs):
+    def _attach(cls, name: str, **kwargs: Any) -> Self:
         shm = attach_segment(name)
         try:
-            return cls(shm, name, **kwargs)
+            return cls(shm, name, **kwargs)  # type: ignore[call-arg]  # every subclass takes (shm, name, ...)
         except BaseException:
             shm.close()
             raise

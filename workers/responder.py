@@ -10,6 +10,10 @@ import json
 import sys
 from typing import IO, Any
 
+from core.events import (
+    DropEvent, ErrorEvent, Event, EventError, ResponseEvent, TokenEvent, TranscriptEvent, WakeEvent, WorkerEvent,
+    parse_event,
+)
 from core.messages import Emit
 from workers.base import Worker
 
@@ -27,30 +31,30 @@ class HumanPrinter:
             self.streaming = None
         self.out.write(text + "\n")
 
-    def show(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "wake":
-            self._line(f"[wake] session {event['session']} ({event['engine']} {event['score']:.2f})")
-        elif kind == "transcript" and event.get("final"):
-            self._line(f"you: {event['text'] or '(nothing heard)'}")
-        elif kind == "token":
-            if self.streaming != event["session"]:
+    def show(self, event: Event) -> None:
+        if isinstance(event, WakeEvent):
+            self._line(f"[wake] session {event.session} ({event.engine} {event.score:.2f})")
+        elif isinstance(event, TranscriptEvent) and event.final:
+            self._line(f"you: {event.text or '(nothing heard)'}")
+        elif isinstance(event, TokenEvent):
+            if self.streaming != event.session:
                 if self.streaming is not None:
                     self.out.write("\n")
                 self.out.write("vigil: ")
-                self.streaming = event["session"]
-            self.out.write(event["text"])
-        elif kind == "response":
-            latency = event.get("latency_ms", {})
+                self.streaming = event.session
+            self.out.write(event.text)
+        elif isinstance(event, ResponseEvent):
+            latency = event.latency_ms
             self._line(
-                f"  [{event['route']}{', degraded' if event['degraded'] else ''}] speech end → first token "
+                f"  [{event.route}{', degraded' if event.degraded else ''}] speech end → first token "
                 f"{latency.get('speech_end_to_first_token', float('nan')):.0f} ms, wake → first token "
                 f"{latency.get('wake_to_first_token', float('nan')):.0f} ms"
             )
-        elif kind == "worker" and event["event"] != "started":
-            self._line(f"[worker] {event['name']} {event['event']} (pid {event['pid']}, exit {event['exitcode']})")
-        elif kind in ("error", "drop"):
-            self._line(f"[{kind}] {json.dumps({k: v for k, v in event.items() if k not in ('type', 't')})}")
+        elif isinstance(event, WorkerEvent) and event.event != "started":
+            self._line(f"[worker] {event.name} {event.event} (pid {event.pid}, exit {event.exitcode})")
+        elif isinstance(event, (ErrorEvent, DropEvent)):
+            body = {k: v for k, v in event.to_dict().items() if k not in ("type", "t")}
+            self._line(f"[{event.type}] {json.dumps(body)}")
         self.out.flush()
 
 
@@ -69,7 +73,12 @@ class ResponderWorker(Worker):
         if self.events is not None:
             self.events.write(json.dumps(message.event, ensure_ascii=False) + "\n")
         if self.printer is not None:
-            self.printer.show(message.event)
+            try:
+                event = parse_event(message.event)
+            except EventError as exc:  # the file has it; the summary shows only what it knows
+                self.log.warning("event not shown: %s", exc)
+                return
+            self.printer.show(event)
 
     def close(self) -> None:
         if getattr(self, "events", None) is not None:

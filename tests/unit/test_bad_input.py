@@ -29,6 +29,7 @@ import struct
 import subprocess
 import sys
 import threading
+import typing
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,6 +154,10 @@ _CHECK = {
     "dict[str, Any]": lambda v: isinstance(v, dict),
     "int | None": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
 }
+# Fields with a closed set of values (Literal aliases in core/messages.py): exactly those strings.
+_CLOSED = {name: typing.get_args(getattr(msgs, name)) for name in ("TranscriptReason", "FinishReason", "DeviceState")}
+_CHECK.update({name: (lambda allowed: lambda v: isinstance(v, str) and v in allowed)(allowed)
+               for name, allowed in _CLOSED.items()})
 
 
 def is_valid_message(body: object) -> bool:
@@ -184,6 +189,7 @@ _VALUE_FOR = {  # right types (encode() is the producer's side: our workers neve
     "bool": st.booleans(),
     "dict[str, Any]": st.dictionaries(_clean_text, _finite_json, max_size=3),
     "int | None": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    **{name: st.sampled_from(allowed) for name, allowed in _CLOSED.items()},
 }
 
 

@@ -122,7 +122,7 @@ class Recorder:
         return True
 
     def emit(self, event):
-        self.events.append(event)
+        self.events.append(event.to_dict())  # as the JSONL file and SSE clients get it
 
 
 def make_coordinator(tmp_path, env: dict | None = None, **llm):

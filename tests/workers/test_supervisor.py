@@ -27,7 +27,7 @@ def make(heartbeat, faults: dict[str, str], **supervisor):
     specs = [WorkerSpec(name, f"tests.fault_workers:{fault}", row=i, heartbeat=f"vigil-{os.getpid()}-test-heartbeat",
                         heartbeat_rows=3) for i, (name, fault) in enumerate(faults.items())]
     events: list[dict] = []
-    return PipelineSupervisor(config, specs, heartbeat, on_event=events.append), events
+    return PipelineSupervisor(config, specs, heartbeat, on_event=lambda e: events.append(e.to_dict())), events
 
 
 def poll_until(supervisor, predicate, timeout):
