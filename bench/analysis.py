@@ -81,9 +81,23 @@ def utterance_records(utterances, matched: list[Matched], t0_ns: int) -> list[di
             "route": row.get("route"), "degraded": row.get("degraded"), "response": row.get("response"),
             "speaker_heard": row.get("speaker"), "vigil": {},
         }
+        pause_s = getattr(u, "pause_s", None)
+        if pause_s is not None:
+            record["pause_s"] = list(pause_s)
+        record["condition"] = getattr(u, "condition", "") or "clean"
         if m.session is not None:
             speech_end_ns = t0_ns + int((m.placement.offset_s + u.speech_end_s) * 1e9)
             vigil = ground_truth_spans(row["marks"], speech_end_ns)
+            endpoint_ns = row["marks"].get("endpoint")
+            if endpoint_ns is not None:
+                vigil["speech_end_to_endpoint"] = round((endpoint_ns - speech_end_ns) / 1e6, 1)
+            if "endpoint_score" in row["spans"]:
+                vigil["endpoint_score"] = row["spans"]["endpoint_score"]
+            heard_end_ns = row["marks"].get("speech_end")
+            if pause_s is not None and heard_end_ns is not None:
+                # the request was taken as ended before the words after the pause began: they are lost
+                heard_end_s = (heard_end_ns - t0_ns) / 1e9 - m.placement.offset_s
+                record["cut_off"] = bool(heard_end_s < pause_s[1])
             for key in ("stt_compute", "llm_first_token_compute", "llm_compute"):
                 if key in row["spans"]:
                     vigil[key] = row["spans"][key]
@@ -120,3 +134,76 @@ def wake_summary(records: list[dict], unmatched: int) -> dict:
         "negatives_hours": round(negative_s / 3600.0, 4),
     }
 
+
+# ---- endpointing: complete requests and the hesitation set, per endpoint mode -------------------------------
+
+
+def endpoint_summary(records: list[dict]) -> dict:
+    """One endpoint mode's figures over answered wake utterances: speech end -> first token on complete
+    requests (overall and per voice), the hesitation set's cut-offs, and the extra wait a hesitation costs."""
+    wakes = [r for r in records if r["wake_expected"] and r["wake_detected"]]
+    complete = [r for r in wakes if "pause_s" not in r and HEADLINE_SPANS[0] in r["vigil"]]
+    hesitant = [r for r in wakes if "pause_s" in r]
+    head = HEADLINE_SPANS[0]
+    judged = [r for r in hesitant if r.get("cut_off") is not None]
+    cut = [r for r in judged if r["cut_off"]]
+    whole = [r for r in judged if not r["cut_off"] and head in r["vigil"]]
+    complete_pct = percentiles([r["vigil"][head] for r in complete])
+    hesitant_pct = percentiles([r["vigil"][head] for r in whole])
+    by_voice: dict[str, list[float]] = {}
+    for r in complete:
+        by_voice.setdefault(r["voice"], []).append(r["vigil"][head])
+    return {
+        "complete": {head: complete_pct,
+                     "speech_end_to_endpoint": percentiles([r["vigil"]["speech_end_to_endpoint"] for r in complete
+                                                            if "speech_end_to_endpoint" in r["vigil"]]),
+                     "by_voice": {v: percentiles(x) for v, x in sorted(by_voice.items())}},
+        "hesitation": {"n": len(judged), "cut_offs": len(cut),
+                       "cut_off_rate": round(len(cut) / len(judged), 4) if judged else None,
+                       "cut_off_files": [r["wav"].rsplit("/", 1)[-1] for r in cut],
+                       head: hesitant_pct,
+                       "extra_wait_ms": (round(hesitant_pct["p50"] - complete_pct["p50"], 1)
+                                         if whole and complete else None)},
+        "scores": percentiles([r["vigil"]["endpoint_score"] for r in complete if "endpoint_score" in r["vigil"]]),
+    }
+
+
+def stage_split(records: list[dict]) -> dict:
+    """Where speech end -> first token goes, per stage (p50/p95): the endpoint decision, the transcript
+    after it, the answer's first token after the transcript."""
+    answered = [r["vigil"] for r in records if r["wake_expected"] and HEADLINE_SPANS[0] in r.get("vigil", {})]
+    split = {"speech_end_to_endpoint": [v["speech_end_to_endpoint"] for v in answered if "speech_end_to_endpoint" in v],
+             "endpoint_to_transcript": [v["speech_end_to_transcript"] - v["speech_end_to_endpoint"] for v in answered
+                                        if "speech_end_to_endpoint" in v and "speech_end_to_transcript" in v],
+             "stt_compute": [v["stt_compute"] for v in answered if "stt_compute" in v],
+             "transcript_to_first_token": [v["transcript_to_first_token"] for v in answered
+                                           if "transcript_to_first_token" in v],
+             "speech_end_to_first_token": [v[HEADLINE_SPANS[0]] for v in answered]}
+    return {name: {k: percentiles(values)[k] for k in ("p50", "p95", "n")} for name, values in split.items()}
+
+
+def threshold_curve(records: list[dict], max_pause_ms: float, text_weight: float,
+                    thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> list[dict]:
+    """What other turn thresholds would have cost the complete requests of a turn-mode run (an estimate).
+
+    Each complete request that the turn model scored fired when its evidence e = s + w (1 - s) met the
+    threshold: at once for e >= t, else after ``max_pause_ms (1 - e / t)`` of pause (engines/stt/turn.py).
+    A higher threshold only delays requests (it cannot add cut-offs: the hesitation set's open endings
+    wait regardless), so each request's measured speech end -> first token grows by the extra wait.
+    """
+    head = HEADLINE_SPANS[0]
+    scored = [r["vigil"] for r in records if r["wake_expected"] and "pause_s" not in r
+              and "endpoint_score" in r.get("vigil", {}) and head in r["vigil"]]
+    curve = []
+    for t in thresholds:
+        values = []
+        for v in scored:
+            e = v["endpoint_score"] + text_weight * (1.0 - v["endpoint_score"])
+            wait = 0.0 if e >= t else max_pause_ms * (1.0 - e / t)
+            fired = max(0.0, v.get("speech_end_to_endpoint", 0.0))
+            values.append(v[head] + max(0.0, wait - fired))
+        pct = percentiles(values)
+        curve.append({"threshold": t, "p50": pct["p50"], "p95": pct["p95"], "n": pct["n"],
+                      "waiting": sum(1 for v in scored if v["endpoint_score"] + text_weight
+                                     * (1.0 - v["endpoint_score"]) < t)})
+    return curve

@@ -22,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.analysis import (
-    input_t0_ns, match_sessions, span_percentiles, stage_percentiles, utterance_records, wake_summary,
+    endpoint_summary, input_t0_ns, match_sessions, span_percentiles, stage_percentiles, stage_split,
+    threshold_curve, utterance_records, wake_summary,
 )
 from bench.replay import RATE, build_replay, run_pipeline
 from bench.resources import summarize
@@ -90,6 +91,58 @@ def measure_vigil(utterances, run_dir: Path, passes: int, gap_s: float, progress
     extra = {"unmatched": unmatched, "drops": _drops(result.events), "restarts": _restarts(result.events),
              "resources": summarize(result.samples), "wall_s": round(result.wall_s, 1)}
     return records, extra
+
+
+ENDPOINT_MODES = ("turn", "silence")
+ENDPOINT_VOICES = ("piper", "espeak-ng:en-us", "flite:slt")  # complete requests replayed in the other mode
+ENDPOINT_TARGETS = {"p50_ms": 350.0, "p95_ms": 600.0, "cut_off_rate": 0.05, "vs_baseline_p50": 3.0}
+
+
+def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, gap_s: float = 1.5,
+                          voices: tuple[str, ...] = ENDPOINT_VOICES) -> list[dict]:
+    """The hesitation set and complete requests (the neural voice and one of each other engine) replayed once
+    with ``[stt] endpoint = mode``: the other endpoint mode than the main replay's, in the same run."""
+    chosen = [u for u in utterances if u.wake and (getattr(u, "pause_s", None) is not None
+                                                    or any(u.voice.startswith(v) for v in voices))]
+    if not chosen:
+        return []
+    wav = run_dir / f"endpoint-{mode}.wav"
+    placements = build_replay(chosen, wav, passes=1, gap_s=gap_s)
+    audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
+    bar, tick = _progress(audio_s + 10, f"endpoint {mode}: replaying {len(placements)} utterances", progress)
+    result = run_pipeline(wav, run_dir / f"endpoint-{mode}", extra_args=("--exit-when-done",), on_tick=tick,
+                          env={"VIGIL_STT__ENDPOINT": mode}, timeout_s=audio_s * 2 + 300)
+    bar.close()
+    wav.unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"the pipeline ({mode} endpointing) exited with {result.returncode}:\n{result.stderr_tail}")
+    t0 = input_t0_ns(result.events)
+    matched, _ = match_sessions(placements, result.sessions, t0)
+    return utterance_records(chosen, matched, t0)
+
+
+def endpoint_report(config: Config, records: list[dict], other: dict[str, list[dict]], baseline_spans: dict) -> dict:
+    """report.json's ``endpoint``: per mode (the main replay's and the other), the targets and whether they hold."""
+    modes = {config.stt.endpoint: endpoint_summary(records)}
+    modes.update({mode: endpoint_summary(recs) for mode, recs in other.items()})
+    default = modes[config.stt.endpoint]
+    head = default["complete"]["speech_end_to_first_token"]
+    base_p50 = (baseline_spans.get("speech_end_to_first_token") or {}).get("p50")
+    vs = round(base_p50 / head["p50"], 2) if base_p50 and head.get("n") and head["p50"] > 0 else None
+    rate = default["hesitation"]["cut_off_rate"]
+    t = ENDPOINT_TARGETS
+    from engines.stt.turn import TurnPolicy
+
+    curve = threshold_curve(records, config.stt.turn_max_pause_ms, TurnPolicy().text_weight) \
+        if config.stt.endpoint == "turn" else []
+    return {"default": config.stt.endpoint, "modes": modes, "threshold_curve": curve,
+            "config": {"turn_threshold": config.stt.turn_threshold, "turn_max_pause_ms": config.stt.turn_max_pause_ms,
+                       "end_silence_ms": config.stt.end_silence_ms},
+            "baseline_end_silence_ms": config.bench.baseline_end_silence_ms, "vs_baseline_p50": vs,
+            "targets": {**t, "met": {"p50": bool(head.get("n")) and head["p50"] <= t["p50_ms"],
+                                     "p95": bool(head.get("n")) and head["p95"] <= t["p95_ms"],
+                                     "cut_offs": rate is not None and rate <= t["cut_off_rate"],
+                                     "vs_baseline": vs is not None and vs >= t["vs_baseline_p50"]}}}
 
 
 def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
@@ -271,6 +324,10 @@ def print_summary(report: dict, run_dir: Path) -> None:
         from bench.skill_eval import summary_line
 
         print(summary_line(report["skills"]))
+    for mode, m in (report.get("endpoint") or {}).get("modes", {}).items():
+        c, h = m["complete"]["speech_end_to_first_token"], m["hesitation"]
+        print(f"endpoint {mode}: speech end -> first token p50 {c['p50']} / p95 {c['p95']} ms (n {c['n']}); "
+              f"hesitations cut off {h['cut_offs']}/{h['n']}, extra wait {h['extra_wait_ms']} ms")
     budget = report["budget"]
     print(f"budget: p95 wake→first token minus the request's speech = {budget['p95_ms']} ms "
           f"(budget {budget['budget_ms']:.0f} ms): {'OK' if budget['ok'] else 'EXCEEDED'}")
@@ -278,7 +335,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
               load: bool, quick: bool, progress: bool = True, wake_eval: bool = True,
-              variant_runs: bool = True) -> int:
+              variant_runs: bool = True, endpoint_modes: bool = True) -> int:
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
@@ -309,7 +366,19 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
             wake_detail = measure_wake(config, run_dir, quick, progress)
         except Exception as exc:  # noqa: BLE001 - the rest of the bench still counts; the reason is reported
             wake_detail = {"eval_error": f"{type(exc).__name__}: {exc}"}
+    other_modes = {}
+    if endpoint_modes:
+        for mode in (m for m in ENDPOINT_MODES if m != config.stt.endpoint):
+            try:
+                other_modes[mode] = measure_endpoint_mode(utterances, run_dir, mode, progress,
+                                                          voices=("piper",) if quick else ENDPOINT_VOICES)
+            except Exception as exc:  # noqa: BLE001 - the rest of the bench still counts; the reason is reported
+                other_modes[mode] = []
+                print(f"endpoint mode {mode} not measured: {exc}")
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
+    report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"])
+    report["tail"] = {"continuous": stage_split(records),
+                      **{f"endpoint_{mode}": stage_split(recs) for mode, recs in other_modes.items()}}
     if wake_detail:
         report["wake"] = {**report["wake"], **wake_detail}
     report["variants"] = variants

@@ -78,7 +78,12 @@ class SttConfig:
     model: str = ""  # path to a ggml .bin; "" = tiny.en provisioned from PyPI into models.dir
     threads: int = 2
     preroll_s: float = 0.3  # audio before the wake frame handed to STT (the request may start at once)
-    end_silence_ms: int = 500  # end-of-speech silence that closes the request
+    # How a request ends. "turn": at every pause the partial transcript and the turn model (Smart Turn)
+    # judge whether the person is done (engines/stt/turn.py); "silence": end_silence_ms of silence.
+    endpoint: str = "turn"
+    turn_threshold: float = 0.5  # evidence a pause needs at its start; falls to 0 at turn_max_pause_ms
+    turn_max_pause_ms: int = 1300  # "turn": the longest a pause holds a request open
+    end_silence_ms: int = 500  # "silence": end-of-speech silence that closes the request
     # Transcribe as soon as a pause this long begins, while the endpoint silence is still running;
     # if the pause turns out to be the end, the transcript is already there (0 = off).
     speculative_silence_ms: int = 150
@@ -209,10 +214,11 @@ _CHOICES = {
     ("wake", "verify"): {"forced", "whisper", "off"},
     ("speaker", "engine"): {"resemblyzer", "speechbrain"},
     ("stt", "engine"): {"whispercpp"},
+    ("stt", "endpoint"): {"turn", "silence"},
     ("llm", "engine"): {"embedded", "ollama"},
 }
 _POSITIVE = {
-    ("audio", "frame_samples"), ("audio", "ring_seconds"), ("stt", "threads"), ("stt", "end_silence_ms"),
+    ("audio", "frame_samples"), ("audio", "ring_seconds"), ("stt", "threads"), ("stt", "end_silence_ms"), ("stt", "turn_max_pause_ms"),
     ("stt", "no_speech_timeout_s"), ("stt", "max_utterance_s"), ("llm", "threads"), ("llm", "max_tokens"),
     ("llm", "first_token_timeout_s"), ("llm", "total_timeout_s"), ("supervisor", "heartbeat_timeout_s"),
     ("supervisor", "start_timeout_s"), ("supervisor", "backoff_initial_s"), ("supervisor", "backoff_max_s"),
@@ -230,7 +236,7 @@ _NON_NEGATIVE = {
     ("supervisor", "rss_limit_mb"), ("supervisor", "rss_check_interval_s"),
 }
 _UNIT_INTERVAL = {("wake", "threshold"), ("wake", "proposal_threshold"), ("stt", "vad_threshold")}
-_CLOSED_UNIT_INTERVAL = {("wake", "porcupine_sensitivity"), ("wake", "sure_threshold")}  # sure 1.0: verify all
+_CLOSED_UNIT_INTERVAL = {("wake", "porcupine_sensitivity"), ("wake", "sure_threshold"), ("stt", "turn_threshold")}  # sure 1.0: verify all
 # Upper bounds: absurd but finite values (ring_seconds = 1e300, max_tokens = 10**9) would allocate,
 # overflow or wait forever deep inside a worker; refused at start instead. Keys not listed are unbounded
 # here (strings, booleans, bounded elsewhere).
@@ -240,7 +246,7 @@ _MAXIMUM = {
     ("wake", "warmup_s"): 60.0, ("wake", "refractory_s"): 60.0, ("wake", "verify_deadline_s"): 60.0,
     ("wake", "verify_margin"): 10.0, ("wake", "verify_floor"): 0.0,
     ("stt", "threads"): 256, ("stt", "preroll_s"): 10.0, ("stt", "end_silence_ms"): 10_000,
-    ("stt", "speculative_silence_ms"): 10_000, ("stt", "no_speech_timeout_s"): 600.0, ("stt", "max_utterance_s"): 120.0,
+    ("stt", "speculative_silence_ms"): 10_000, ("stt", "turn_max_pause_ms"): 10_000, ("stt", "no_speech_timeout_s"): 600.0, ("stt", "max_utterance_s"): 120.0,
     ("speaker", "threads"): 256, ("speaker", "window_s"): 60.0, ("speaker", "lead_s"): 60.0,
     ("speaker", "deadline_ms"): 60_000, ("speaker", "fault_delay_ms"): 600_000,
     ("llm", "threads"): 256, ("llm", "max_tokens"): 8192, ("llm", "first_token_timeout_s"): 600.0,

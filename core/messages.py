@@ -52,6 +52,8 @@ class Transcript:
     done_ns: int  # when the transcript was ready
     compute_ms: float  # time whisper spent on it
     reason: TranscriptReason = "speech_end"
+    endpoint_ns: int = 0  # when the endpoint was decided (0: not a final transcript)
+    turn_score: float = -1.0  # the turn model's P(complete) at that pause (-1: not asked)
 
 
 @dataclass(frozen=True)

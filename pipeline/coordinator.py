@@ -20,8 +20,8 @@ from typing import Any, Callable, Literal
 
 from core.config import Config
 from core.events import (
-    ErrorEvent, Event, InputEndedEvent, InputStartedEvent, ResponseEvent, SpeakerEvent, TokenEvent, TranscriptEvent,
-    WakeEvent, WakeRejectedEvent,
+    DropEvent, ErrorEvent, Event, InputEndedEvent, InputStartedEvent, ResponseEvent, SpeakerEvent, TokenEvent,
+    TranscriptEvent, WakeEvent, WakeRejectedEvent,
 )
 from pipeline.latency import LatencyTracker
 from core.messages import (
@@ -33,6 +33,15 @@ from pipeline.metrics_store import MetricsStore
 log = logging.getLogger("vigil.coordinator")
 
 BACKSTOP_S = 1.0  # added to the worker's own deadlines before the coordinator steps in
+# The LLM's first-token deadline is counted from the moment the person stopped speaking, the same one for a
+# request started on a partial transcript and for the final one; a transcript that came very late still
+# gets this long for a healthy LLM to answer.
+MIN_ANSWER_S = 0.2
+# A wake or a request this old when it reaches the parent was not handled in time (the parent was stopped
+# or starved): answering it now would surprise the person more than an apology. Far above a healthy
+# pipeline's worst speech end -> transcript (~2.2 s measured on a 2-core box loaded to 8).
+STALE_S = 8.0
+MISSED = "Sorry, I missed that."  # a request heard long ago (the parent was stopped): not answered late
 
 SessionState = Literal["proposed", "listening", "waiting_speaker", "answering", "done"]
 
@@ -57,6 +66,7 @@ class Session:
     guess_speaker: str = "unknown"
     held: list[Token] = field(default_factory=list)
     held_done: LlmDone | None = None
+    speech_end_ns: int = 0  # of the transcript being answered (or guessed): the LLM deadline counts from it
 
     def listen(self, verify: bool = False) -> StartListening:
         """What STT (and speaker ID) get to hear this session's request from the shared ring."""
@@ -86,6 +96,9 @@ class Coordinator:
         self.proposals_ignored = 0  # proposals while someone was already being heard
         self.proposals_superseded = 0  # proposals dropped unjudged because a sure wake came meanwhile
         self.speaker_late = 0  # answers that went on without the speaker result
+        self.stale_wakes = 0  # wakes older than stale_s when they reached us: dropped (a `drop` event)
+        self.stale_answers = 0  # requests heard longer than stale_s ago: answered MISSED, not answered late
+        self.stale_s = STALE_S
 
     # ---- routing -----------------------------------------------------------------------
 
@@ -117,7 +130,15 @@ class Coordinator:
         else:
             log.warning("unexpected message %r", message)
 
+    def _stale(self, t_ns: int) -> bool:
+        return bool(t_ns) and (time.monotonic_ns() - t_ns) / 1e9 > self.stale_s
+
     def _on_wake(self, wake: WakeDetected) -> None:
+        if self._stale(wake.detected_ns):
+            self.stale_wakes += 1
+            log.warning("wake at frame %d is %.1f s old: dropped", wake.seq, (time.monotonic_ns() - wake.detected_ns) / 1e9)
+            self.emit(DropEvent(ring="stale_wake", count=1))
+            return
         if self.config.wake.verify == "off" or wake.sure:
             session = self._new_session(wake)
             self._accept(session, verify_score=None)
@@ -216,14 +237,25 @@ class Coordinator:
         if not msg.final:
             if msg.text and self.config.llm.speculate and msg.text != session.guess_text:
                 self._drop_guess(session)
-                session.guess_text, session.guess = msg.text, self._request(session, msg.text)
+                session.guess_text, session.guess = msg.text, self._request(session, msg.text, msg.speech_end_ns)
                 session.guess_speaker = session.speaker
             return
         if msg.speech_end_ns:
             self.tracker.mark(msg.session, "speech_end", msg.speech_end_ns)
+        if msg.endpoint_ns:
+            self.tracker.mark(msg.session, "endpoint", msg.endpoint_ns)
+        if msg.turn_score >= 0:
+            self.tracker.note(msg.session, "endpoint_score", msg.turn_score)
         self.tracker.mark(msg.session, "transcript", msg.done_ns)
         self.tracker.stage(msg.session, "stt", msg.compute_ms)
         session.transcript = msg.text
+        session.speech_end_ns = msg.speech_end_ns
+        if msg.text and self._stale(msg.speech_end_ns):
+            self.stale_answers += 1
+            self._drop_guess(session)
+            self._answer_friendly(session, f"the request ended {(time.monotonic_ns() - msg.speech_end_ns) / 1e9:.1f} s "
+                                           "ago", text=MISSED)
+            return
         if not msg.text:
             self._drop_guess(session)
             log.info("session %d: nothing heard (%s)", msg.session, msg.reason)
@@ -249,7 +281,8 @@ class Coordinator:
             self.speaker_late += 1
         msg_text = session.transcript
         session.state = "answering"
-        session.deadline = time.monotonic() + self.config.llm.first_token_timeout_s + BACKSTOP_S
+        session.deadline = self._deadline_base_ns(session.speech_end_ns) / 1e9 \
+            + self.config.llm.first_token_timeout_s + BACKSTOP_S
         # A guess made before the speaker was known is only good if no skill depends on who asks.
         same_speaker = session.guess_speaker == session.speaker or not self.config.skills.enrolled_only.strip()
         if session.guess and session.guess_text == msg_text and same_speaker:
@@ -268,12 +301,22 @@ class Coordinator:
         self._drop_guess(session)
         self.tracker.mark(session.id, "llm_request")
         # The LLM worker enforces the first-token deadline itself; this later one covers a dead or hung worker.
-        session.answering = self._request(session, msg_text)
+        session.answering = self._request(session, msg_text, session.speech_end_ns)
 
-    def _request(self, session: Session, text: str) -> int:
+    def _deadline_base_ns(self, speech_end_ns: int) -> int:
+        """Where the first-token deadline is counted from: the speech end, unless the transcript came so late
+        that less than MIN_ANSWER_S would be left (then from MIN_ANSWER_S before the deadline, from now)."""
+        now = time.monotonic_ns()
+        budget = self.config.llm.first_token_timeout_s
+        latest = now - int((budget - min(MIN_ANSWER_S, budget)) * 1e9)
+        return max(speech_end_ns, latest) if speech_end_ns else now
+
+    def _request(self, session: Session, text: str, speech_end_ns: int) -> int:
+        """Ask the LLM worker; its deadline (LlmRequest.t_ns) is counted from the speech end: one deadline for
+        a guess and the final request, so a hung LLM keeps the person waiting no longer than the budget."""
         session.requests += 1
         self.send("llm", LlmRequest(session=session.id, text=text, speaker=session.speaker,
-                                    t_ns=time.monotonic_ns(), request=session.requests))
+                                    t_ns=self._deadline_base_ns(speech_end_ns), request=session.requests))
         return session.requests
 
     def _drop_guess(self, session: Session) -> None:
@@ -332,15 +375,15 @@ class Coordinator:
             self.store.record(session.id, transcript=session.transcript, speaker=session.speaker, route=route,
                               degraded=degraded, response=text, spans=spans, marks=self.tracker.marks(session.id))
 
-    def _answer_friendly(self, session: Session, reason: str) -> None:
+    def _answer_friendly(self, session: Session, reason: str, text: str = FRIENDLY_FAILURE) -> None:
         """The person must never be left in silence: stream a short apology, marked degraded."""
         log.warning("session %d: %s; answering with the friendly fallback", session.id, reason)
         self.send("llm", Cancel(session.id))
         if not session.tokens:
             self.tracker.mark(session.id, "first_token")
-        self.emit(TokenEvent(session=session.id, text=FRIENDLY_FAILURE))
+        self.emit(TokenEvent(session=session.id, text=text))
         self.tracker.mark(session.id, "done")
-        self._finish(session, route="llm", text=FRIENDLY_FAILURE, degraded=True)
+        self._finish(session, route="llm", text=text, degraded=True)
 
     def _cancel(self, session: Session, reason: str) -> None:
         log.info("session %d cancelled: %s", session.id, reason)

@@ -36,6 +36,7 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 STAGE_BUCKETS_MS: tuple[float, ...] = (
     5, 10, 25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
 )
+ENDPOINT_BUCKETS_S: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 3.0)
 # Spans of a `response` event's latency_ms that get a histogram (pipeline.latency.SPANS).
 SPANS: tuple[str, ...] = (
     "speech_end_to_first_token",
@@ -118,6 +119,12 @@ class PipelineMetrics:
                                  ["span"], buckets=LATENCY_BUCKETS_MS, registry=r)
         self.stage = Histogram("vigil_stage_compute_milliseconds", "Per-stage compute time per response, in ms.",
                                ["stage"], buckets=STAGE_BUCKETS_MS, registry=r)
+        # The endpoint decision (pipeline.latency "speech_end_to_endpoint"): how long the pause had lasted when
+        # the request was taken as complete, by what decided it ("turn": the turn model and the transcript,
+        # "silence": a fixed silence or the longest pause).
+        self.endpoint_pause = Histogram("vigil_endpoint_pause_seconds",
+                                        "Pause after the speech when the request was taken as complete.",
+                                        ["decided_by"], buckets=ENDPOINT_BUCKETS_S, registry=r)
         self.health_ok = Gauge("vigil_health_ok", "1 when /healthz says ok, 0 when degraded.", registry=r)
         self.worker_up = Gauge("vigil_worker_up", "1 when the worker is running, else 0.", ["worker"], registry=r)
         self.worker_heartbeat_age = Gauge("vigil_worker_heartbeat_age_seconds",
@@ -176,6 +183,10 @@ class PipelineMetrics:
                     continue
                 if name in SPANS:
                     self.latency.labels(name).observe(ms)
+                if name == "speech_end_to_endpoint":
+                    decided = "turn" if finite((event.get("latency_ms") or {}).get("endpoint_score")) is not None \
+                        else "silence"
+                    self.endpoint_pause.labels(decided).observe(ms / 1000.0)
                 elif name.endswith("_compute"):
                     self.stage.labels(self._stages(name[: -len("_compute")])).observe(ms)
         elif kind == EventType.WORKER:

@@ -1,9 +1,15 @@
 """STT worker: after a wake, read the request from the shared ring, endpoint it, transcribe it.
 
 It reads the same audio frames the wake-word worker saw (from the wake frame minus a short
-pre-roll), so nothing is copied through the parent. Silero VAD decides where speech ends;
+pre-roll), so nothing is copied through the parent. Silero VAD finds the pauses;
 `speech_end_ns` is the capture time of the last voiced sample, the start of the headline
 span speech end → first token.
+
+Endpointing (`[stt] endpoint`): "turn" transcribes the moment the voice drops and asks whether
+the request is complete (engines/stt/turn.py: the transcript's last word, Smart Turn on the
+audio, the pause so far); a complete one ends at once, an unfinished one ("set a timer for")
+is heard on, up to `turn_max_pause_ms`. "silence" waits `end_silence_ms`, transcribing
+speculatively after `speculative_silence_ms`.
 
 With two-stage wake, STT is also the verifier: for a proposed wake it first checks the wake
 phrase (the ~2 s before the proposing frame, plus a little after) and answers with a
@@ -49,6 +55,7 @@ class Session:
         self.skip = 0  # samples at the start not transcribed (the wake phrase, once the verifier placed it)
 
         self.speculative: tuple[int, str, float] | None = None  # (end sample, text, compute ms)
+        self.pause: tuple[int, TurnVerdict] | None = None  # "turn": the current pause's end sample and verdict
 
     def audio(self, end_sample: int) -> np.ndarray:
         return np.concatenate(self.frames)[self.skip:end_sample]
@@ -157,8 +164,18 @@ class SttWorker(Worker):
             self.log.info("transcript (%s, %.0f ms): %r", result.reason, result.compute_ms, result.text)
             self.ctx.send(result)
 
+    # ---- endpointing ----------------------------------------------------------------------
+
+    def endpointing(self, session: Session) -> Transcript | None:
+        """Called on every frame without an endpointer event: the final transcript when this pause ends
+        the request ("turn"), else None (meanwhile a partial transcript may go out for the LLM to start)."""
+        if self.config.stt.endpoint == "turn":
+            return self.turn_endpoint(session)
+        self.speculate(session)
+        return None
+
     def speculate(self, session: Session) -> None:
-        """In a pause long enough to maybe be the end, transcribe now: the endpoint wait hides the cost."""
+        """"silence": in a pause long enough to maybe be the end, transcribe now (the endpoint wait hides it)."""
         threshold = self.config.stt.speculative_silence_ms * 16
         endpointer = self.endpointer
         pause = endpointer.silence_since
@@ -172,6 +189,59 @@ class SttWorker(Worker):
             session.speculative = (end_sample, text, compute_ms)
             self.ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample),
                                      time.monotonic_ns(), round(compute_ms, 1), "partial"))
+
+    def turn_endpoint(self, session: Session) -> Transcript | None:
+        """"turn": judge each pause once, the moment the voice drops; end the request when the pause is as
+        long as its verdict needs (at once for a complete request) and no newer audio says otherwise."""
+        endpointer = self.endpointer
+        pause = endpointer.silence_since
+        if pause is None:
+            return None
+        end_sample = session.offset + pause
+        if end_sample <= session.request_start_sample:
+            return None
+        if self.reader.lag > 0:  # audio is waiting: a pause that is already over must not cost a decode
+            return None
+        pause_ms = (endpointer.samples_fed - pause) * 1000 / SAMPLE_RATE
+        if session.pause is None or session.pause[0] != end_sample:
+            if pause_ms < TURN_MIN_PAUSE_MS:
+                return None
+            session.pause = (end_sample, self.judge_pause(session, end_sample))
+            return None  # audio came while we judged: read it before deciding
+        verdict = session.pause[1]
+        if not self.turn_policy.complete(verdict.evidence, pause_ms):
+            return None
+        now = time.monotonic_ns()
+        self.log.info("endpoint after a %.0f ms pause (evidence %.2f, turn model %s)", pause_ms, verdict.evidence,
+                      "n/a" if verdict.audio_score is None else f"{verdict.audio_score:.2f}")
+        _, text, compute_ms = session.speculative
+        return Transcript(session.request.session, text, True, session.time_of(end_sample), now,
+                          round(compute_ms, 1), "speech_end", endpoint_ns=now, turn_score=_score(verdict))
+
+    def judge_pause(self, session: Session, end_sample: int) -> TurnVerdict:
+        """Transcribe up to the pause, then ask the turn model — unless the words are unfinished. A request
+        that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
+        text, compute_ms = transcribe(self.engine, session, end_sample)
+        session.speculative = (end_sample, text, compute_ms)
+        score, model_ms = None, 0.0
+        if not open_ending(text):
+            self.ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample),
+                                     time.monotonic_ns(), round(compute_ms, 1), "partial"))
+            # The model is asked only when it can change the decision: if the words alone (model score 0)
+            # already end the request now, its ~50-100 ms would only delay the answer.
+            pause_ms = (self.endpointer.samples_fed - (end_sample - session.offset)) * 1000 / SAMPLE_RATE
+            words_suffice = self.turn_policy.complete(self.turn_policy.evidence(0.0, text), pause_ms)
+            if self.turn_model is not None and not words_suffice:
+                started = time.perf_counter()
+                try:
+                    score = self.turn_model.score(np.concatenate(session.frames))
+                except Exception:  # noqa: BLE001 - the transcript and the pause still decide
+                    self.log.exception("turn model failed")
+                model_ms = (time.perf_counter() - started) * 1000
+        evidence = self.turn_policy.evidence(score, text)
+        self.log.debug("pause at %d: %r score %s evidence %.2f (stt %.0f ms, turn %.0f ms)", end_sample, text,
+                       score, evidence, compute_ms, model_ms)
+        return TurnVerdict(text, score, evidence, self.turn_policy.wait_ms(evidence), model_ms)
 
     def listen(self, request: StartListening) -> Transcript | None:
         """Read frames until speech ends; None when the session was cancelled, rejected or we must stop.
@@ -224,7 +294,8 @@ class SttWorker(Worker):
             session.capture_ns.append(frame.capture_ns)
             endpoint = endpointer.feed(frame.samples)
             if endpoint is None:
-                self.speculate(session)
+                if (decided := self.endpointing(session)) is not None:
+                    return decided
                 continue
             if endpoint.kind == "speech_start":
                 continue
@@ -233,12 +304,18 @@ class SttWorker(Worker):
             end_sample = session.offset + endpoint.sample_index
             if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
                 session.offset = len(session.frames) * fs
-                session.speculative = None
+                session.speculative = session.pause = None
                 endpointer.reset()
                 continue
             if session.speculative and session.speculative[0] == end_sample:
                 _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
             else:
                 text, compute_ms = transcribe(self.engine, session, end_sample)
-            return Transcript(request.session, text, True, session.time_of(end_sample), time.monotonic_ns(),
-                              round(compute_ms, 1), endpoint.kind)
+            now = time.monotonic_ns()
+            verdict = session.pause[1] if session.pause and session.pause[0] == end_sample else None
+            return Transcript(request.session, text, True, session.time_of(end_sample), now,
+                              round(compute_ms, 1), endpoint.kind, endpoint_ns=now, turn_score=_score(verdict))
+
+
+def _score(verdict: TurnVerdict | None) -> float:
+    return -1.0 if verdict is None or verdict.audio_score is None else round(verdict.audio_score, 3)
