@@ -135,6 +135,18 @@ def wake_summary(records: list[dict], unmatched: int) -> dict:
     }
 
 
+def wake_by_condition(records: list[dict]) -> dict[str, dict]:
+    """Wake utterances detected per recording condition (clean, room, ...) in the replay."""
+    out: dict[str, dict] = {}
+    for r in (r for r in records if r["wake_expected"]):
+        c = out.setdefault(r.get("condition") or "clean", {"detected": 0, "total": 0})
+        c["total"] += 1
+        c["detected"] += bool(r["wake_detected"])
+    for c in out.values():
+        c["rate"] = round(c["detected"] / c["total"], 4)
+    return out
+
+
 # ---- endpointing: complete requests and the hesitation set, per endpoint mode -------------------------------
 
 

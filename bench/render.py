@@ -263,7 +263,7 @@ def _wake_section(report: dict) -> list[str]:
             + _wake_engines_section(wake))
 
 
-WAKE_CONDITIONS = ("clean", "pink", "babble")
+WAKE_CONDITIONS = ("clean", "pink", "babble", "room")
 
 
 def _wake_engines_section(wake: dict) -> list[str]:
@@ -279,7 +279,8 @@ def _wake_engines_section(wake: dict) -> list[str]:
     out = ["### Wake corpus, per configuration", "",
            f"Default: `{wake.get('default_config', 'n/a')}`. Corpus: {len(_list(corpus.get('voices')))} voices; "
            + ", ".join(f"{k} {fmt(v, 1)} min" for k, v in minutes.items())
-           + ". Pink noise and babble at 10 dB SNR; delay = end of \"jarvis\" → accepted wake.", ""]
+           + ". Pink noise and babble at 10 dB SNR; room = a far-field room (bench/rooms.py: T30 0.4-0.8 s, "
+             "1-2 m away); delay = end of \"jarvis\" → accepted wake.", ""]
     rows = []
     for name, r in engines.items():
         r = _dict(r)
@@ -291,17 +292,20 @@ def _wake_engines_section(wake: dict) -> list[str]:
             return f"{fmt_int(d.get('detected'))}/{fmt_int(d.get('total'))}" if d else "n/a"
 
         delay, ver = _dict(r.get("delay_ms")), _dict(r.get("verify_ms"))
-        rows.append([f"`{name}`", det("clean"), det("pink"), det("babble"),
+        rows.append([f"`{name}`", det("clean"), det("pink"), det("babble"), det("room"),
                      " ".join(det(c, held) for c in WAKE_CONDITIONS),
                      fmt(_dict(fw.get("ordinary")).get("per_hour"), 2), fmt(_dict(fw.get("noise")).get("per_hour"), 2),
-                     fmt_int(_dict(fw.get("near_miss")).get("count")), fmt_int(r.get("double_wakes")),
+                     fmt_int(_dict(fw.get("near_miss")).get("count")),
+                     f"{fmt_int(_dict(fw.get('ordinary:room')).get('count'))} / "
+                     f"{fmt_int(_dict(fw.get('near_miss:room')).get('count'))}", fmt_int(r.get("double_wakes")),
                      f"{fmt_ms(delay.get('p50'))} / {fmt_ms(delay.get('p95'))}",
                      fmt(r.get("proposer_cpu_ms_per_audio_s"), 1),
                      f"{fmt_ms(ver.get('p50'))} / {fmt_ms(ver.get('p95'))}" if ver else "—"])
     for name, why in skipped.items():
-        rows.append([f"`{name}`", "skipped: " + str(why)[:120]] + [""] * 10)
-    return out + table(["config", "clean", "pink", "babble", "held-out voices (c/p/b)", "ordinary false/h",
-                        "noise false/h", "near-miss false", "double wakes", "delay p50 / p95 ms",
+        rows.append([f"`{name}`", "skipped: " + str(why)[:120]] + [""] * 12)
+    return out + table(["config", "clean", "pink", "babble", "room", "held-out voices (c/p/b/r)", "ordinary false/h",
+                        "noise false/h", "near-miss false", "room false (ordinary / near miss)", "double wakes",
+                        "delay p50 / p95 ms",
                         "proposer CPU ms/s", "verify p50 / p95 ms"], rows) + [""] + _wake_gate_section(wake)
 
 
@@ -328,7 +332,40 @@ def _stt_speaker_section(report: dict) -> list[str]:
              + (f" ({speaker['note']})" if speaker.get("note") and finite(speaker.get("accuracy")) is None else "")],
             ["enrolled voices identified", fmt_pct(speaker.get("enrolled_identified"))],
             ["strangers called unknown", fmt_pct(speaker.get("strangers_rejected"))]]
-    return ["## Transcription and speaker ID", ""] + table(["", "value"], rows) + [""]
+    rows[2:2] = [["first word not heard (files)", f"{fmt_int(stt.get('first_word_errors'))} / {fmt_int(stt.get('files'))}"],
+                 ["wake-phrase leaks (files)", fmt_int(stt.get("leaks"))], ["repetition loops", fmt_int(stt.get("loops"))]]
+    return (["## Transcription and speaker ID", "",
+             "WER with Whisper's English normaliser (numbers, contractions, punctuation, case); first word = the "
+             "transcript starts with the request's first word; leak = words before it (\"This, set a timer\"); "
+             f"speaker figures by the voices enrolled in this run ({', '.join(_list(speaker.get('enrolled'))) or 'n/a'}).",
+             ""] + table(["", "value"], rows) + [""] + _hearing_by_condition(report) + _stt_by_voice(stt))
+
+
+def _hearing_by_condition(report: dict) -> list[str]:
+    """Wake detection (replay), STT and speaker ID per recording condition of the bench corpus."""
+    wake = _dict(_dict(report.get("wake")).get("by_condition"))
+    stt = _dict(_dict(report.get("stt")).get("by_condition"))
+    speaker = _dict(_dict(report.get("speaker")).get("by_condition"))
+    rows = []
+    for c in dict.fromkeys([*wake, *stt, *speaker]):
+        w, t, s = _dict(wake.get(c)), _dict(stt.get(c)), _dict(speaker.get(c))
+        rows.append([c, f"{fmt_int(w.get('detected'))}/{fmt_int(w.get('total'))}", fmt(t.get("wer"), 3),
+                     f"{fmt_int(t.get('first_word_errors'))}/{fmt_int(t.get('files'))}", fmt_int(t.get("leaks")),
+                     fmt_int(t.get("loops")), fmt_pct(s.get("accuracy"))])
+    if not rows:
+        return []
+    return ["### Per condition", ""] + table(["condition", "wake detected", "WER", "first word not heard", "leaks",
+                                              "loops", "speaker accuracy"], rows) + [""]
+
+
+def _stt_by_voice(stt: dict) -> list[str]:
+    voices = _dict(stt.get("by_voice"))
+    rows = [[f"`{v}`", fmt(_dict(x).get("wer"), 3), f"{fmt_int(_dict(x).get('first_word_errors'))}/"
+             f"{fmt_int(_dict(x).get('files'))}", fmt_int(_dict(x).get("loops"))] for v, x in voices.items()]
+    errors = [f"- {fmt_int(_dict(e).get('count'))}× \"{_dict(e).get('ref')}\" → \"{_dict(e).get('heard')}\""
+              for e in _list(stt.get("top_errors"))]
+    out = (["### WER per voice", ""] + table(["voice", "WER", "first word not heard", "loops"], rows) + [""]) if rows else []
+    return out + (["Most frequent wrong transcripts:", ""] + errors + [""] if errors else [])
 
 
 def _skills_section(report: dict) -> list[str]:

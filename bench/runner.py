@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from bench.analysis import (
     endpoint_summary, input_t0_ns, match_sessions, span_percentiles, stage_percentiles, stage_split,
-    threshold_curve, utterance_records, wake_summary,
+    threshold_curve, utterance_records, wake_by_condition, wake_summary,
 )
 from bench.replay import RATE, build_replay, run_pipeline
 from bench.resources import summarize
-from bench.speaker_bench import speaker_summary
+from bench.speaker_bench import speaker_by, speaker_summary
 from bench.synth import pink_noise, write_wav16
 from core.config import Config
 from core.events import DropEvent, Event, WakeEvent, WorkerEvent
@@ -234,7 +234,7 @@ def _ratio(base: dict, ours: dict, key: str) -> float | None:
 
 def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: list[dict], vigil_extra: dict,
              baseline: list[dict], floor: list[dict], idle: dict | None, load: dict | None) -> dict:
-    from bench.wer import wer
+    from bench.wer import stt_summary
 
     base_by_wav = {b["wav"]: b for b in baseline}
     floor_by_wav = {f["wav"]: f for f in floor}
@@ -260,7 +260,6 @@ def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: l
         if "wake_to_first_token" in v and "request_speech" in v:
             budget_values.append(v["wake_to_first_token"] - max(0.0, v["request_speech"]))
     budget_p95 = percentiles(budget_values)["p95"]
-    heard = [(r["transcript_ref"], r["transcript"] or "") for r in records if r["wake_expected"] and r["wake_detected"]]
     return {
         "run": run,
         "corpus": str(corpus_dir),
@@ -276,8 +275,8 @@ def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: l
         "overhead_ms": {k: percentiles(overheads)[k] for k in ("p50", "p95")},
         "budget": {"budget_ms": config.bench.budget_ms, "p95_ms": budget_p95,
                    "ok": bool(np.isnan(budget_p95) or budget_p95 <= config.bench.budget_ms)},
-        "wake": wake_summary(records, vigil_extra["unmatched"]),
-        "stt": {"wer": round(wer(heard), 4) if heard else None, "n": len(heard)},
+        "wake": {**wake_summary(records, vigil_extra["unmatched"]), "by_condition": wake_by_condition(records)},
+        "stt": stt_summary(records),
         "speaker": speaker_summary(records),
         "idle": idle,
         "load": load,
@@ -312,6 +311,10 @@ def print_summary(report: dict, run_dir: Path) -> None:
     w = report["wake"]
     print(f"wake: {w['detected']} detected, {w['missed']} missed, {w['false_wakes']} false "
           f"({w['negatives_hours'] * 60:.1f} min negatives); WER {report['stt']['wer']}")
+    st = report["stt"]
+    print(f"stt: first-word errors {st.get('first_word_errors')}/{st.get('files')}, leaks {st.get('leaks')}, "
+          f"loops {st.get('loops')}; WER by condition "
+          + ", ".join(f"{c} {v['wer']}" for c, v in (st.get("by_condition") or {}).items()))
     if w.get("by_engine"):
         from bench.wake_eval import summary_table
 
@@ -350,7 +353,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run
     run_dir.mkdir(parents=True, exist_ok=True)
-    enroll_voices(config, run_dir / "vigil" / "state")  # the replayed pipeline's state dir
+    enrolled = enroll_voices(config, run_dir / "vigil" / "state")  # the replayed pipeline's state dir
     records, vigil_extra = measure_vigil(utterances, run_dir, passes, gap_s, progress)
     baseline = run_baseline(utterances, models, config, progress=progress,
                             baseline_end_silence_ms=config.bench.baseline_end_silence_ms)
@@ -376,6 +379,8 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
                 other_modes[mode] = []
                 print(f"endpoint mode {mode} not measured: {exc}")
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
+    # speaker figures by what this run enrolled (a held-out --corpus names its speakers its own way)
+    report["speaker"] = {**speaker_summary(records, enrolled), "by_condition": speaker_by(records, enrolled, "condition")}
     report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"])
     report["tail"] = {"continuous": stage_split(records),
                       **{f"endpoint_{mode}": stage_split(recs) for mode, recs in other_modes.items()}}
