@@ -5,9 +5,20 @@ The real `pipeline run` runs as a subprocess on a looping WAV of the quick bench
 worker is killed (SIGKILL: a crash) or frozen (SIGSTOP: a hang — its heartbeat stops and the
 supervisor must kill and restart it). Each worker gets both kinds in turn, in a seeded order.
 
+With PulseAudio installed (or `mic=True`), the pipeline listens to a real microphone path
+instead: a private PulseAudio server (bench/pulse.py) whose virtual source plays the same WAV
+again and again, like a room that keeps talking, and the microphone itself gets faults too
+("mic" in the tables): the sound server killed (no input device at all), frozen, or its source
+unplugged, each held away for `device_down_s` (longer than the heartbeat timeout, so a capture
+worker that stopped beating while it waits would be caught as hung) and then given back.
+A device fault must be a state, not a restart: /healthz turns degraded with the capture
+worker's `device` (lost/no_device), the same capture process picks the device up again, and
+its recovery is timed from the device's return.
+
 What is measured, from the parent's own event stream (SSE `/events`, which does not depend on
 the responder worker being alive) and `/healthz`:
-- recovery: fault → the worker runs again (a new pid that beats, per /healthz);
+- recovery: fault → the worker runs again (a new pid that beats, per /healthz); for the
+  microphone, device back → capture running on it again (same pid, no `device` in /healthz);
 - time from each fault to the next answer; answers expected (every utterance whose speech
   was played while faults were being injected, and in the settle time after) vs answered;
 - drops per ring, answers in the last minute, the parent alive at the end;
@@ -41,17 +52,22 @@ from core.events import DropEvent, Event, InputStartedEvent, ResponseEvent, Work
 ROOT = Path(__file__).resolve().parents[1]
 WORKERS = ("capture", "wakeword", "stt", "llm", "responder")
 KINDS = ("kill", "stop")
+MIC = "mic"  # the microphone's "worker" name in the fault plan and tables
+DEVICE_KINDS = ("kill", "stop", "unplug")  # the sound server SIGKILLed / SIGSTOPped, its source unloaded
 
 
 @dataclass
 class Fault:
-    worker: str
-    kind: str  # "kill" (SIGKILL) | "stop" (SIGSTOP: a hang)
+    worker: str  # a worker, or MIC
+    kind: str  # "kill" (SIGKILL) | "stop" (SIGSTOP: a hang) | "unplug" (MIC: the source unloaded)
     t: float  # monotonic seconds when the signal was sent
-    pid: int
-    recovered_s: float | None = None  # fault → worker running again with a new pid
+    pid: int  # the worker's pid (MIC: the capture worker's, which must stay the same)
+    recovered_s: float | None = None  # fault → worker running again with a new pid (MIC: from the device's return)
     new_pid: int | None = None
     next_answer_s: float | None = None  # fault → the next response event
+    detected_s: float | None = None  # MIC: fault → /healthz shows the capture worker's device state
+    device_state: str | None = None  # MIC: that state ("lost", "no_device")
+    restored_at: float | None = None  # MIC: monotonic seconds when the device came back
 
 
 # ---- small helpers --------------------------------------------------------------------
@@ -217,6 +233,104 @@ class EventTap(threading.Thread):
             self.events.append(event)
 
 
+# ---- the microphone ---------------------------------------------------------------------
+
+class LoopPlayer(threading.Thread):
+    """Plays the chaos WAV into the virtual microphone again and again (`paplay`, one pass each).
+
+    Paused while a device fault holds the microphone away (nothing can be heard then, and a
+    player would only fail against a dead server). `segments()` gives each pass's start and end
+    (monotonic ns): the times its utterances were spoken, as capture restarts are for a WAV input.
+    """
+
+    def __init__(self, mic: Any, wav: Path) -> None:
+        super().__init__(name="chaos-player", daemon=True)
+        self.mic, self.wav = mic, wav
+        self._plays: list[list[int]] = []  # [start_ns, end_ns (0 while playing)]
+        self._proc: subprocess.Popen | None = None
+        self._paused = False
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.02):
+            with self._lock:
+                if self._proc is not None and self._proc.poll() is not None:
+                    self._ended()
+                if self._proc is None and not self._paused:
+                    self._proc = self.mic.play(self.wav, wait=False)
+                    self._plays.append([time.monotonic_ns(), 0])
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            if self._proc is not None:
+                self.mic.stop_players()
+                self._ended()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+
+    def stop(self) -> None:
+        self.pause()
+        self._halt.set()
+        if self.ident is not None:
+            self.join(5)
+
+    def segments(self) -> tuple[list[int], list[int]]:
+        with self._lock:
+            return [a for a, _ in self._plays], [b for _, b in self._plays if b]
+
+    def _ended(self) -> None:
+        self._plays[-1][1] = time.monotonic_ns()
+        self._proc = None
+
+
+def take_device(mic: Any, kind: str) -> None:
+    """The microphone fault: the sound server SIGKILLed ("kill"), SIGSTOPped ("stop"), or its source unloaded."""
+    if kind == "kill":
+        mic.kill_server()
+    elif kind == "stop":
+        mic.freeze_server()
+    else:
+        mic.remove_source()
+
+
+def give_device_back(mic: Any, kind: str) -> None:
+    if kind == "kill":
+        mic.restart_server()
+    elif kind == "stop":
+        mic.thaw_server()
+    else:
+        mic.restore_source()
+
+
+def device_fault_step(fault: Fault, health: dict, now: float, down_s: float, mic: Any, player: LoopPlayer,
+                      recovery_timeout_s: float) -> bool:
+    """One look at a pending microphone fault; True once it is over (recovered or given up).
+
+    While the device is away: note when /healthz first shows it (degraded, the capture worker's
+    `device`); after `down_s`, give it back. Then: recovered once capture runs on it again.
+    """
+    capture = (health.get("workers") or {}).get("capture") or {}
+    if fault.restored_at is None:
+        if fault.detected_s is None and capture.get("device") in ("lost", "no_device") \
+                and health.get("status") == "degraded":
+            fault.detected_s = round(now - fault.t, 3)
+            fault.device_state = capture["device"]
+        if now - fault.t >= down_s:
+            give_device_back(mic, fault.kind)
+            fault.restored_at = time.monotonic()
+            player.resume()
+        return False
+    if capture.get("state") == "running" and "device" not in capture and capture.get("heartbeat_age_s") is not None:
+        fault.recovered_s = round(now - fault.restored_at, 3)
+        fault.new_pid = capture.get("pid")
+        return True
+    return now - fault.restored_at > recovery_timeout_s
+
+
 # ---- the corpus -----------------------------------------------------------------------
 
 def build_chaos_wav(corpus: Path | None, out_wav: Path, gap_s: float = 1.5) -> tuple[list[dict], float]:
@@ -247,16 +361,17 @@ def build_chaos_wav(corpus: Path | None, out_wav: Path, gap_s: float = 1.5) -> t
 
 
 def expected_utterances(starts_ns: list[int], end_ns: int, rows: list[dict], loop_s: float,
-                        window: tuple[int, int]) -> list[dict]:
+                        window: tuple[int, int], stops_ns: list[int] = ()) -> list[dict]:
     """Every utterance whose speech began inside `window` (monotonic ns).
 
     Each capture (re)start replays the file from its beginning at `t0_ns`; an utterance cut off
-    by the next restart was spoken all the same and is expected (and marked `cut`).
+    by the next restart was spoken all the same and is expected (and marked `cut`). `stops_ns`:
+    moments the audio stopped before the next start (a microphone's player paused or done).
     """
     out = []
     starts = sorted(set(starts_ns))
     for k, t0 in enumerate(starts):
-        seg_end = starts[k + 1] if k + 1 < len(starts) else end_ns
+        seg_end = min([starts[k + 1] if k + 1 < len(starts) else end_ns, *(t for t in stops_ns if t > t0)])
         n = 0
         while t0 + n * loop_s * 1e9 < seg_end:
             for row in rows:
@@ -293,8 +408,13 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
               *, min_gap_s: float = 6.0, max_gap_s: float = 15.0, heartbeat_timeout_s: float = 5.0,
               recovery_timeout_s: float = 60.0, settle_s: float = 20.0, start_timeout_s: float = 240.0,
               workers: tuple[str, ...] | None = None, env: dict[str, str] | None = None,
-              config_path: str | None = None,
+              config_path: str | None = None, mic: bool | None = None, device_down_s: float | None = None,
               say: Callable[[str], None] | None = None) -> dict:
+    """`mic`: listen through a private PulseAudio source and fault the microphone too (default: when
+    PulseAudio is installed). `device_down_s`: how long a microphone fault lasts (default: the
+    heartbeat timeout + 3 s)."""
+    from bench.pulse import VirtualMic, pulse_available
+
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     rng = random.Random(seed)
     run_dir = Path(out) / time.strftime("%Y%m%d-%H%M%S")
@@ -303,9 +423,16 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
     rows, loop_s = build_chaos_wav(corpus, wav)
     port = _free_port()
     events_path = run_dir / "events.jsonl"
-    child_env = {**os.environ, "VIGIL_METRICS__STATE_DIR": str(run_dir / "state"), "PYTHONUNBUFFERED": "1",
+    down_s = device_down_s if device_down_s is not None else heartbeat_timeout_s + 3.0
+    vmic = VirtualMic() if (pulse_available() if mic is None else mic) else None
+    if vmic is not None:
+        vmic.start()
+    player = LoopPlayer(vmic, wav) if vmic is not None else None
+    child_env = {**(vmic.child_env() if vmic is not None else os.environ), "PYTHONUNBUFFERED": "1",
+                 "VIGIL_METRICS__STATE_DIR": str(run_dir / "state"),
                  "VIGIL_SUPERVISOR__HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s), **(env or {})}
-    command = [sys.executable, "-m", "pipeline", "run", "--input", str(wav), "--loop", "--events", str(events_path),
+    source = ["--input", "mic"] if vmic is not None else ["--input", str(wav), "--loop"]
+    command = [sys.executable, "-m", "pipeline", "run", *source, "--events", str(events_path),
                "--http", f"127.0.0.1:{port}"] + (["--config", str(Path(config_path).resolve())] if config_path else [])
     wall_minus_mono = time.time() - time.monotonic()
     to_mono = lambda t_wall: t_wall - wall_minus_mono  # noqa: E731 - event "t" (unix) → our monotonic clock
@@ -316,6 +443,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
                                                    f"--seed {seed}"]),
                               "seed": seed, "minutes": minutes, "loop_s": round(loop_s, 2),
                               "utterances_per_loop": len(rows), "heartbeat_timeout_s": heartbeat_timeout_s,
+                              "input": "mic (a private PulseAudio source)" if vmic is not None else "wav",
+                              "device_down_s": down_s if vmic is not None else None,
                               "run_dir": str(run_dir)}
     stderr = open(run_dir / "pipeline.stderr.log", "w")
     proc = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -329,6 +458,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
                 break
             time.sleep(0.2)
         tap.start()
+        if player is not None:
+            player.start()
         first_answer = None
         while time.monotonic() < deadline and proc.poll() is None:
             if any(isinstance(e, ResponseEvent) for e in tap.snapshot()):
@@ -341,8 +472,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         if workers is None:  # every worker the supervisor runs (e.g. speaker too, when enabled)
             workers = tuple((_healthz(port) or {}).get("workers") or WORKERS)
         report["workers"] = list(workers)
-        say(f"chaos: pipeline pid {proc.pid} answering; injecting faults into {', '.join(workers)} "
-            f"for {minutes:g} min (seed {seed})")
+        say(f"chaos: pipeline pid {proc.pid} answering; injecting faults into {', '.join(workers)}"
+            f"{' and the ' + MIC if vmic is not None else ''} for {minutes:g} min (seed {seed})")
 
         # ---- chaos window ------------------------------------------------------------------
         plan: list[tuple[str, str]] = []
@@ -354,7 +485,16 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
             now = time.monotonic()
             if proc.poll() is not None:
                 raise RuntimeError(f"the parent died (exit code {proc.returncode}) during chaos")
-            if pending is not None:
+            if pending is not None and pending.worker == MIC:
+                if device_fault_step(pending, _healthz(port) or {}, now, down_s, vmic, player, recovery_timeout_s):
+                    back = "NOT back" if pending.recovered_s is None else f"back in {pending.recovered_s:.2f} s"
+                    seen = ("never shown" if pending.detected_s is None
+                            else f"{pending.device_state} in /healthz after {pending.detected_s:.2f} s")
+                    say(f"  {pending.worker:9s} {pending.kind:4s} → {seen}; device given back after {down_s:.0f} s, "
+                        f"capture {back} (pid {pending.pid} → {pending.new_pid})")
+                    pending = None
+                    next_fault_at = now + rng.uniform(min_gap_s, max_gap_s)
+            elif pending is not None:
                 health = _healthz(port) or {}
                 w = (health.get("workers") or {}).get(pending.worker) or {}
                 if w.get("pid") not in (None, pending.pid) and w.get("heartbeat_age_s") is not None \
@@ -373,14 +513,20 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
             elif now >= next_fault_at and now < chaos_end:
                 if not plan:
                     plan = [(w, k) for w in workers for k in KINDS]
+                    plan += [(MIC, k) for k in DEVICE_KINDS] if vmic is not None else []
                     rng.shuffle(plan)
                 worker, kind = plan.pop()
                 pids = worker_pids(proc.pid)
                 seen_pids.update(pids.values())
-                pid = pids.get(worker)
+                pid = pids.get("capture" if worker == MIC else worker)
                 if pid is None:  # not up right now (still restarting from an earlier fault): later
                     plan.append((worker, kind))
                     next_fault_at = now + 1.0
+                elif worker == MIC:
+                    player.pause()  # nothing is spoken while the microphone is away
+                    take_device(vmic, kind)
+                    pending = Fault(worker, kind, time.monotonic(), pid)
+                    faults.append(pending)
                 else:
                     os.kill(pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
                     if kind == "stop":
@@ -390,7 +536,7 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
             time.sleep(0.1)
 
         # ---- settle: answers must flow again -------------------------------------------------
-        last_fault = faults[-1].t if faults else chaos_start
+        last_fault = (faults[-1].restored_at or faults[-1].t) if faults else chaos_start
         settle_deadline = time.monotonic() + max(settle_s, 5.0)
         resumed = None
         while time.monotonic() < settle_deadline + 40 and proc.poll() is None:
@@ -434,6 +580,10 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         stop_s = round(time.monotonic() - stop_started, 2)
         tap.stop()
         stderr.close()
+        if player is not None:
+            player.stop()
+        if vmic is not None:
+            vmic.close()
         for pid in stopped_pids:  # a frozen worker the supervisor never got to: never leave it stopped
             try:
                 if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
@@ -455,10 +605,13 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
 
     # ---- answers --------------------------------------------------------------------------------
     starts_ns = [e.t0_ns for e in events if isinstance(e, InputStartedEvent)]
+    stops_ns: list[int] = []
+    if player is not None:  # a microphone hears what was played, pass by pass, not what capture restarts replay
+        starts_ns, stops_ns = player.segments()
     responses = sorted((e for e in events if isinstance(e, ResponseEvent)), key=lambda e: e.t)
     responses_ns = [int(to_mono(e.t) * 1e9) for e in responses]
     window = (int(chaos_start * 1e9), int((end_mono - 8.0) * 1e9))  # the last seconds may still be in flight
-    expected = expected_utterances(starts_ns, int(end_mono * 1e9), rows, loop_s, window)
+    expected = expected_utterances(starts_ns, int(end_mono * 1e9), rows, loop_s, window, stops_ns)
     match_answers(expected, responses_ns)
     for f in faults:
         after = [t / 1e9 for t in responses_ns if t / 1e9 > f.t]
@@ -474,7 +627,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
             drops[e.ring] = drops.get(e.ring, 0) + e.count
     restarts_total = {line.split()[0]: line.split()[-1] for line in metrics.splitlines()
                       if line.startswith("vigil_worker_restarts_total")}
-    per_worker = {w: {"kill": 0, "stop": 0, "recovered": 0, "restarts": None} for w in workers}
+    per_worker = {w: {"kill": 0, "stop": 0, "unplug": 0, "recovered": 0, "restarts": None}
+                  for w in (*workers, *([MIC] if vmic is not None else []))}
     for f in faults:
         per_worker[f.worker][f.kind] += 1
         per_worker[f.worker]["recovered"] += f.recovered_s is not None
@@ -482,9 +636,11 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
         if name in per_worker:
             per_worker[name]["restarts"] = w.get("restarts")
     recovered = [f.recovered_s for f in faults if f.recovered_s is not None]
+    worker_faults = [f for f in faults if f.worker != MIC]
+    device_faults = [f for f in faults if f.worker == MIC]
     # What the supervisor did that we did not cause: a worker silent past the heartbeat timeout while
     # busy (a false hang), or a worker that exited by itself (a crash).
-    ours = {f.pid for f in faults}
+    ours = {f.pid for f in faults if f.worker != MIC}  # a microphone fault must not restart capture
     unplanned = [{"worker": e.name, "event": e.event, "pid": e.pid, "exitcode": e.exitcode,
                   "t": round(to_mono(e.t) - chaos_start, 2)}
                  for e in events if isinstance(e, WorkerEvent) and e.event in ("hung", "exited") and e.pid not in ours]
@@ -492,14 +648,20 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
     unplanned = [u for u in unplanned if not (u["event"] == "exited" and u["pid"] in hung_pids)]
     report.update({
         "chaos_s": round(chaos_end - chaos_start, 1),
-        "faults": [asdict(f) | {"t": round(f.t - chaos_start, 3)} for f in faults],
+        "faults": [asdict(f) | {"t": round(f.t - chaos_start, 3),
+                                "restored_at": f.restored_at and round(f.restored_at - chaos_start, 3)} for f in faults],
         "per_worker": per_worker,
-        "kills": sum(f.kind == "kill" for f in faults), "stops": sum(f.kind == "stop" for f in faults),
+        "kills": sum(f.kind == "kill" for f in worker_faults), "stops": sum(f.kind == "stop" for f in worker_faults),
         "recoveries": len(recovered), "unplanned": unplanned,
         "unrecovered": [f"{f.worker}:{f.kind}" for f in faults if f.recovered_s is None],
         "recovery_s": _summary(recovered),
-        "recovery_s_by_kind": {k: _summary([f.recovered_s for f in faults if f.kind == k and f.recovered_s is not None])
-                               for k in KINDS},
+        "recovery_s_by_kind": {k: _summary([f.recovered_s for f in worker_faults
+                                            if f.kind == k and f.recovered_s is not None]) for k in KINDS},
+        "device": {"faults": len(device_faults),
+                   "detected_s": _summary([f.detected_s for f in device_faults if f.detected_s is not None]),
+                   "recovered_s": _summary([f.recovered_s for f in device_faults if f.recovered_s is not None]),
+                   "undetected": [f.kind for f in device_faults if f.detected_s is None],
+                   "capture_restarted": [f.kind for f in device_faults if f.new_pid not in (None, f.pid)]},
         "next_answer_s": _summary([f.next_answer_s for f in faults if f.next_answer_s is not None]),
         "answers": {"expected": len(expected), "answered": len(expected) - len(lost), "lost": len(lost),
                     "lost_near_fault": sum(r["near_fault"] for r in lost),
@@ -517,7 +679,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
                  "processes_left": left},
     })
     report["ok"] = bool(parent_alive and faults and not report["unrecovered"] and resumed is not None
-                        and not report["full_rings"]
+                        and not report["full_rings"] and not report["device"]["undetected"]
+                        and not report["device"]["capture_restarted"]
                         and proc.returncode == 0 and not segments_left and not left and not zombies_running)
     (run_dir / "chaos.json").write_text(json.dumps(report, indent=2) + "\n")
     (run_dir / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
@@ -531,10 +694,11 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
 def print_report(report: dict, file=sys.stdout) -> None:
     p = lambda *a: print(*a, file=file)  # noqa: E731
     p(f"chaos: {report['chaos_s']} s of faults, seed {report['seed']}, heartbeat timeout "
-      f"{report['heartbeat_timeout_s']} s, loop of {report['utterances_per_loop']} requests ({report['loop_s']} s)")
-    p(f"{'worker':10s} {'kill':>5s} {'stop':>5s} {'recovered':>10s} {'restarts':>9s}")
+      f"{report['heartbeat_timeout_s']} s, loop of {report['utterances_per_loop']} requests ({report['loop_s']} s), "
+      f"input {report['input']}")
+    p(f"{'worker':10s} {'kill':>5s} {'stop':>5s} {'unplug':>6s} {'recovered':>10s} {'restarts':>9s}")
     for name, w in report["per_worker"].items():
-        p(f"{name:10s} {w['kill']:5d} {w['stop']:5d} {w['recovered']:10d} {str(w['restarts']):>9s}")
+        p(f"{name:10s} {w['kill']:5d} {w['stop']:5d} {w['unplug']:6d} {w['recovered']:10d} {str(w['restarts']):>9s}")
     r, n, a = report["recovery_s"], report["next_answer_s"], report["answers"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     p(f"faults {report['kills']} kill + {report['stops']} stop; recovered {report['recoveries']}"
@@ -546,9 +710,15 @@ def print_report(report: dict, file=sys.stdout) -> None:
     p(f"recovery s      p50 {fmt(r['p50'])}  p95 {fmt(r['p95'])}  max {fmt(r['max'])}"
       f"   (kill p50 {fmt(report['recovery_s_by_kind']['kill']['p50'])}, "
       f"stop p50 {fmt(report['recovery_s_by_kind']['stop']['p50'])})")
+    d = report["device"]
+    if d["faults"]:
+        p(f"microphone: {d['faults']} fault(s), each held {report['device_down_s']:.0f} s; shown in /healthz after "
+          f"p50 {fmt(d['detected_s']['p50'])} max {fmt(d['detected_s']['max'])} s; capture on the device again "
+          f"p50 {fmt(d['recovered_s']['p50'])} max {fmt(d['recovered_s']['max'])} s after its return; "
+          f"never shown: {d['undetected'] or 'none'}; capture restarted: {d['capture_restarted'] or 'none'}")
     p(f"next answer s   p50 {fmt(n['p50'])}  p95 {fmt(n['p95'])}  max {fmt(n['max'])}")
     p(f"answers: expected {a['expected']}, answered {a['answered']}, lost {a['lost']} "
-      f"({a['lost_near_fault']} near a fault, {a['cut_by_capture_restart']} cut by a capture restart); "
+      f"({a['lost_near_fault']} near a fault, {a['cut_by_capture_restart']} cut by a restart of the input); "
       f"{a['degraded']} degraded of {a['responses_total']} responses")
     p(f"answers after the last fault: {fmt(report['answers_after_last_fault_s'])} s; "
       f"in the last minute: {report['answers_last_minute']}")

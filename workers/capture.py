@@ -4,19 +4,25 @@ The source is the microphone (PyAudio) or a WAV file paced in real time. The wri
 waits for readers, except in `--fast` replay, where it holds back until the slowest
 active reader is within half a ring, so a test can run faster than real time without
 losing audio.
+
+A missing or lost microphone is a state, not a crash: the source hands back an empty turn at
+least every `IDLE_S` while it waits for a device, so the loop keeps beating (the supervisor
+must not take the wait for a hang) and a stop is seen at once; each state change goes to the
+parent as a `WorkerState` (its /healthz shows `device: no_device` until audio flows again).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from typing import Any
 
 from core.messages import InputEnded, InputStarted, WorkerState
 from engines.capture.mic import PyAudioSource
 from engines.capture.wav import WavSource
 from workers.base import Worker
+
+
+IDLE_S = 0.2  # the longest turn of the loop while no audio comes
+_END = object()  # the source is over (a file)
 
 
 class CaptureWorker(Worker):
@@ -25,40 +31,36 @@ class CaptureWorker(Worker):
     def setup(self) -> None:
         cfg = self.config.audio
         self.ring = self.ctx.audio
-        self._outbox = threading.Lock()  # one producer: states come from PyAudio's helper threads too
         if cfg.input == "mic":
             self.source = PyAudioSource(device=cfg.device or None, frame_samples=self.ring.frame_samples,
                                         on_state=self.on_state, restart_every_s=cfg.engine_restart_s or None)
         else:
             self.source = WavSource(cfg.input, frame_samples=self.ring.frame_samples, realtime=not cfg.fast,
                                     loop=cfg.loop)
-        self.frames = self.source.frames()
+        self.frames = self.source.frames(idle_s=IDLE_S)
         self.started = False
         self.ended = False
         self.last_seq = self.ring.write_seq - 1
 
-    def send(self, message: Any) -> None:
-        with self._outbox:
-            self.ctx.send(message)
-
     def on_state(self, state: str, detail: str) -> None:
-        level = logging.INFO if state in ("running", "opening", "closed") else logging.WARNING
-        self.log.log(level, "microphone %s: %s", state, detail)
-        self.send(WorkerState(worker=self.ctx.name, state=state, detail=detail, t_ns=time.monotonic_ns()))
+        """The source's state, for the parent (the source has logged it: one line per change)."""
+        self.ctx.send(WorkerState(worker=self.ctx.name, state=state, detail=detail, t_ns=time.monotonic_ns()))
 
     def step(self) -> None:
         if self.ended:  # the input is over; stay alive (beating) so the supervisor does not replay it
             time.sleep(0.2)
             return
-        got = next(self.frames, None)
-        if got is None:
+        got = next(self.frames, _END)
+        if got is None:  # no audio this turn (no device yet): back to the loop, which beats
+            return
+        if got is _END:
             self.ended = True
-            self.send(InputEnded(source=self.config.audio.input, last_seq=self.last_seq, t_ns=time.monotonic_ns()))
+            self.ctx.send(InputEnded(source=self.config.audio.input, last_seq=self.last_seq, t_ns=time.monotonic_ns()))
             return
         frame, capture_ns = got
         if not self.started:
             t0 = self.source.t0_ns or capture_ns  # a file knows when its sample 0 played
-            self.send(InputStarted(source=self.config.audio.input, seq=self.ring.write_seq, t0_ns=int(t0)))
+            self.ctx.send(InputStarted(source=self.config.audio.input, seq=self.ring.write_seq, t0_ns=int(t0)))
             self.started = True
         if self.config.audio.fast:
             self.wait_for_readers()

@@ -20,8 +20,12 @@ class AudioSource(Protocol):
     frame_samples: int
     t0_ns: int | None  # capture time of sample 0 once frames() began, when the source knows it (a file)
 
-    def frames(self) -> Iterator[Frame]:
-        """Frames until the source ends (a file) or ``close()`` (a microphone never ends by itself)."""
+    def frames(self, idle_s: float | None = None) -> Iterator[Frame | None]:
+        """Frames until the source ends (a file) or ``close()`` (a microphone never ends by itself).
+
+        With ``idle_s``, ``None`` each time no frame came for that long (a microphone waiting for
+        its device), so the caller's loop keeps turning; a file never waits that long.
+        """
 
     def close(self) -> None: ...
 

@@ -1,8 +1,10 @@
 """The microphone: PyAudio in callback mode, with a watchdog and reconnects.
 
-It survives what a kiosk meets: the sound server killed (callbacks just stop), frozen
-(close/open block forever), or no device at all. It never raises out of ``frames()``;
-it reports its state through ``on_state``.
+It survives what a kiosk meets: the sound server killed (callbacks just stop, then PortAudio
+lists no input device), frozen (close/open block forever), the source unplugged (PulseAudio up,
+no source: the ``pulse`` device is still listed but cannot open), or no device at all. A missing
+device is a state, not an error: it never raises out of ``frames()``, it reports its state
+through ``on_state``, logs one line per state change, and polls until a device appears.
 """
 
 from __future__ import annotations
@@ -62,6 +64,39 @@ def silence_native_audio_logs() -> None:
 
 class NoInputDevice(RuntimeError):
     """No usable input device; the message says what to do instead."""
+
+
+class _PaSampleSpec(ctypes.Structure):
+    _fields_ = [("format", ctypes.c_int), ("rate", ctypes.c_uint32), ("channels", ctypes.c_uint8)]
+
+
+def pulse_cannot_record() -> str | None:
+    """Why PulseAudio cannot record right now (e.g. "No such entity": no source), else None.
+
+    Asked of libpulse before PortAudio opens its ``pulse`` device: with the server up and no
+    source, that device is still listed, and PortAudio (as Debian builds it) prints three lines to
+    stderr for every failed open, which would flood the log while a kiosk waits for its
+    microphone. libpulse says it quietly. None too when libpulse is not installed (PortAudio decides).
+    """
+    try:
+        simple = ctypes.CDLL("libpulse-simple.so.0")
+        pulse = ctypes.CDLL("libpulse.so.0")
+    except OSError:
+        return None
+    simple.pa_simple_new.restype = ctypes.c_void_p
+    simple.pa_simple_new.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                     ctypes.c_char_p, ctypes.POINTER(_PaSampleSpec), ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    simple.pa_simple_free.argtypes = [ctypes.c_void_p]
+    pulse.pa_strerror.restype = ctypes.c_char_p
+    error = ctypes.c_int(0)
+    spec = _PaSampleSpec(3, SAMPLE_RATE, 1)  # PA_SAMPLE_S16LE
+    handle = simple.pa_simple_new(None, b"vigil", 2, None, b"input check", ctypes.byref(spec),  # 2: PA_STREAM_RECORD
+                                  None, None, ctypes.byref(error))
+    if handle:
+        simple.pa_simple_free(handle)
+        return None
+    return (pulse.pa_strerror(error.value) or b"unknown error").decode(errors="replace")
 
 
 @dataclass
@@ -152,26 +187,30 @@ class PyAudioSource:
     dropped and counted (``dropped_frames``) — capture never waits for a slow
     reader.  ``frames()`` pulls from the queue and runs the watchdog: no audio
     for ``no_audio_timeout_s`` → state "lost", then close + ``terminate()`` +
-    fresh ``PyAudio()`` + open, with exponential backoff.  Every PortAudio
-    open/close runs in a helper thread: the consumer waits at most
-    ``engine_timeout_s`` for it, so a frozen server (which blocks ``close()``
-    forever) cannot hang the caller; a hung operation is left to finish on its
-    own and no new one starts until it has (PortAudio's global init cannot be
-    re-entered safely).  ``frames()`` never raises and never returns until
-    ``close()``.
+    fresh ``PyAudio()`` + open, with exponential backoff up to ``max_backoff_s``
+    (2 s: a device that appears is picked up within about that; each try costs
+    ~20 ms of CPU, PortAudio enumerating ALSA).  Every PortAudio open/close runs
+    in a helper thread: the consumer waits at most ~50 ms for it, so a frozen
+    server (which blocks ``close()`` forever) cannot hang the caller; a hung
+    operation is left to finish on its own and no new one starts until it has
+    (PortAudio's global init cannot be re-entered safely).  ``frames()`` never
+    raises and never returns until ``close()``; with ``idle_s`` it yields
+    ``None`` while there is no audio, so its consumer can beat and stop.
 
-    States passed to ``on_state(state, detail)`` on each change: "opening",
-    "running", "lost", "no_device" (and "closed" from ``close()``).  It is
-    called from the thread iterating ``frames()`` (or calling ``close()``).
-    Always call ``close()``: abandoning the generator leaves the stream running
-    (it only fills the bounded queue and counts drops).
+    States passed to ``on_state(state, detail)`` on each change, and logged
+    once each: "opening", "running", "lost" (audio stopped, or the device
+    will not open), "no_device" (none listed, or PulseAudio has no source), and
+    "closed" from ``close()``.  It is called from the thread iterating
+    ``frames()`` (or calling ``close()``).  Always call ``close()``: abandoning
+    the generator leaves the stream running (it only fills the bounded queue
+    and counts drops).
     """
 
     t0_ns = None  # a live microphone has no sample 0 to point at
 
     def __init__(self, device: str | int | None = None, frame_samples: int = FRAME_SAMPLES,
                  sample_rate: int = SAMPLE_RATE, no_audio_timeout_s: float = 1.0,
-                 max_backoff_s: float = 10.0, on_state: Callable[[str, str], None] | None = None,
+                 max_backoff_s: float = 2.0, on_state: Callable[[str, str], None] | None = None,
                  *, max_queue_frames: int = 64, first_audio_timeout_s: float = 3.0,
                  engine_timeout_s: float = 5.0, restart_every_s: float | None = None) -> None:
         if sample_rate != SAMPLE_RATE:
@@ -194,6 +233,7 @@ class PyAudioSource:
         self.open_attempts = 0
         self.device_name: str | None = None
         self.device_rate: int | None = None
+        self.device_channels: int | None = None
         # Items are (frame, capture_ns, generation): the generation tells frames
         # of the current stream from leftovers of one we have given up on.
         self._q: queue.Queue[tuple[np.ndarray, int, int]] = queue.Queue(maxsize=max(2, max_queue_frames))
@@ -212,13 +252,18 @@ class PyAudioSource:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
-    def frames(self) -> Iterator[Frame]:
-        """Yield ``(frame int16[frame_samples], capture_ns)`` forever (until ``close()``)."""
+    def frames(self, idle_s: float | None = None) -> Iterator[Frame | None]:
+        """Yield ``(frame int16[frame_samples], capture_ns)`` forever (until ``close()``).
+
+        With ``idle_s``, also yield ``None`` each time no frame came for ``idle_s`` seconds (no
+        device yet, a lost one): waiting for a microphone must not stop the caller's loop.
+        """
         silence_native_audio_logs()
         poll_s = min(0.1, self.frame_samples / SAMPLE_RATE)
         with self._lock:
             if not self._closed.is_set():
                 self._tick()  # open now rather than after the first empty poll
+        last_yield = time.monotonic()
         while not self._closed.is_set():
             try:
                 frame, capture_ns, gen = self._q.get(timeout=poll_s)
@@ -226,6 +271,9 @@ class PyAudioSource:
                 with self._lock:
                     if not self._closed.is_set():
                         self._tick()
+                if idle_s is not None and time.monotonic() - last_yield >= idle_s:
+                    yield None
+                    last_yield = time.monotonic()
                 continue
             if self._op is not None and not self._op.is_alive():
                 with self._lock:  # an open that finished while audio was already flowing
@@ -233,22 +281,30 @@ class PyAudioSource:
                         self._finish_op(time.monotonic())
             if self.state != "running" and gen == self._generation and self._engine is not None:
                 self._backoff = 0.5
-                self._set_state("running", f"capturing from {self.device_name!r} at {self.device_rate} Hz"
+                self._set_state("running", f"capturing from {self.device_name!r} at {self.device_rate} Hz, "
+                                f"{self.device_channels} ch"
                                 + ("" if self.device_rate == SAMPLE_RATE else f" (resampled to {SAMPLE_RATE} Hz)"))
             yield frame, capture_ns
+            last_yield = time.monotonic()
             if self.restart_every_s and self._engine is not None \
                     and time.monotonic() - self._opened_at > self.restart_every_s:
                 with self._lock:
                     if self._engine is not None and (self._op is None or not self._op.is_alive()):
                         self._start_close("periodic audio engine restart", planned=True)
 
-    def close(self) -> None:
-        """Stop capturing and release PortAudio (bounded wait; a hung server is abandoned)."""
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop capturing and release PortAudio, waiting at most ``timeout_s`` for the audio server.
+
+        A frozen server blocks PortAudio's open and close forever: that operation is abandoned
+        (its thread is a daemon), so a stop is prompt in every state, well inside a supervisor's
+        stop timeout.
+        """
         if self._closed.is_set():
             return
         self._closed.set()
+        abandoned = ""
         with self._lock:  # waits for a running _tick (bounded: ops are joined for 50 ms there)
-            deadline = time.monotonic() + self.engine_timeout_s
+            deadline = time.monotonic() + timeout_s
             if self._op is not None:
                 # Let a pending open finish so its stream is closed, not leaked.
                 self._op.join(max(0.0, deadline - time.monotonic()))
@@ -262,8 +318,8 @@ class PyAudioSource:
                 if not self._op.is_alive():
                     self._op = None
                 else:
-                    log.warning("audio engine %s still hung at close; abandoned", self._op_name)
-        self._set_state("closed", "")
+                    abandoned = f" (the audio server did not answer; {self._op_name} abandoned)"
+        self._set_state("closed", "stopped" + abandoned)
 
     # ------------------------------------------------------------------ state machine
     def _tick(self) -> None:
@@ -319,9 +375,8 @@ class PyAudioSource:
                 self._run_op("close", lambda: _close_engine(eng))
                 return
             self._engine = eng
-            self.device_name, self.device_rate = eng.device_name, eng.rate
-            self._opened_at = now
-            log.info("audio input open: %s at %d Hz, %d ch", eng.device_name, eng.rate, eng.channels)
+            self.device_name, self.device_rate, self.device_channels = eng.device_name, eng.rate, eng.channels
+            self._opened_at = now  # "running" (one log line) once its first audio arrives
             return
         if isinstance(err, NoInputDevice):
             self._set_state("no_device", str(err))
@@ -402,6 +457,13 @@ class PyAudioSource:
                 inputs.append((i, info))
         if not inputs:
             raise NoInputDevice(NO_DEVICE_HINT)
+        index, info = self._match_device(pa, inputs)
+        if info["name"] == "pulse" and (reason := pulse_cannot_record()) is not None:
+            raise NoInputDevice(f"PulseAudio has no input source ({reason}); is a microphone connected? "
+                                "to run without a microphone use --input PATH.wav")
+        return index, info
+
+    def _match_device(self, pa: Any, inputs: list[tuple[int, dict]]) -> tuple[int, dict]:
         names = ", ".join(f"{i}: {d['name']}" for i, d in inputs)
         if self.device is None:
             for i, d in inputs:

@@ -63,8 +63,11 @@ class WavSource:
         for k in range(n_frames):
             yield padded[k * n:(k + 1) * n]
 
-    def frames(self) -> Iterator[Frame]:
-        """Yield ``(frame int16[frame_samples], capture_ns)``; see the class docstring."""
+    def frames(self, idle_s: float | None = None) -> Iterator[Frame | None]:
+        """Yield ``(frame int16[frame_samples], capture_ns)``; see the class docstring.
+
+        Never ``None``: a file waits at most one frame, so ``idle_s`` (see AudioSource) is moot.
+        """
         frame_ns_exact = self.frame_samples * 1e9 / SAMPLE_RATE
         self.t0_ns = t0 = time.monotonic_ns()
         for k, chunk in enumerate(self._chunks()):

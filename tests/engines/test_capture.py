@@ -7,8 +7,10 @@ rate accuracy, recovery time) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import struct
 import threading
 import time
@@ -23,7 +25,7 @@ from engines.capture.mic import PyAudioSource
 from engines.capture.wav import WavSource
 from engines.capture import open_source
 from bench.synth import synthesize, write_wav16
-from tests.pulse import VirtualMic, pulse_available
+from bench.pulse import VirtualMic, pulse_available
 
 SR = 16000
 FRAME = 1280
@@ -368,32 +370,174 @@ def test_mic_recovers_after_server_restart():
     assert all(b > a for a, b in zip(caps, caps[1:]))  # capture times stay monotonic across reconnects
 
 
+class IdleTurns:
+    """Drive ``frames(idle_s)`` in this thread, as the capture worker does, and time every turn."""
+
+    def __init__(self, src: PyAudioSource, idle_s: float = 0.2) -> None:
+        self.it = src.frames(idle_s=idle_s)
+        self.longest_turn_s = 0.0
+        self.frames = 0
+
+    def run(self, seconds: float = 0.0, until=None, timeout_s: float = 10.0):
+        """Turn for ``seconds``, or until ``until(item)``; returns (item, when) of the last turn."""
+        end = time.monotonic() + (seconds or timeout_s)
+        last = time.monotonic()
+        while True:
+            item = next(self.it)
+            now = time.monotonic()
+            self.longest_turn_s = max(self.longest_turn_s, now - last)
+            last = now
+            self.frames += item is not None
+            if until is not None and until(item):
+                return item, now
+            if now > end:
+                if until is not None:
+                    raise AssertionError(f"not within {timeout_s} s")
+                return item, now
+
+
 @needs_pulse
-def test_no_device_is_reported_not_raised():
+def test_a_missing_device_is_a_state_picked_up_when_it_appears_and_again_after_it_vanishes():
+    """No server at start (no input device at all), then the device appears, then its source is
+    unplugged mid-run (the server stays up), then it is back: ``frames(idle_s)`` hands back a
+    turn at least every ``idle_s`` throughout, each state is reported once, never raised."""
     log = StateLog()
     with VirtualMic() as mic, mic.apply_to_os_environ():
-        mic.kill_server()  # env points at a server that is not running
-        src = PyAudioSource(on_state=log, max_backoff_s=1.0)
-        got, errors = [], []
+        mic.kill_server()  # the environment points at a server that is not running
+        src = PyAudioSource(on_state=log)
+        turns = IdleTurns(src)
+        try:
+            turns.run(2.0)
+            assert turns.frames == 0 and log.states() == ["opening", "no_device"]
+            assert src.open_attempts >= 3, "it must keep polling for a device"
+            mic.restart_server()
+            appeared = time.monotonic()
+            _, first = turns.run(until=lambda item: item is not None)
+            appear_to_frame = first - appeared
+            turns.run(1.0)
+            assert log.states()[-1] == "running"
 
-        def consume() -> None:
-            try:
-                for item in src.frames():
-                    got.append(item)
-            except BaseException as e:
-                errors.append(e)
+            mic.remove_source()
+            unplugged = time.monotonic()
+            turns.run(until=lambda _: log.states()[-1] == "no_device")
+            no_source_after = time.monotonic() - unplugged
+            attempts = src.open_attempts
+            turns.run(2.5)
+            assert src.open_attempts > attempts and log.states()[-1] == "no_device"  # polling, quietly
+            mic.restore_source()
+            back = time.monotonic()
+            _, first_again = turns.run(until=lambda item: item is not None)
+            mic.kill_server()  # and stop from the no-device state
+            turns.run(until=lambda _: log.states()[-1] == "no_device")
+        finally:
+            t = time.monotonic()
+            src.close()
+            close_s = time.monotonic() - t
+    print(f"\nno device: device appeared → first frame {appear_to_frame:.2f} s; unplugged → no_device "
+          f"{no_source_after:.2f} s; plugged back → first frame {first_again - back:.2f} s; longest turn "
+          f"{turns.longest_turn_s * 1000:.0f} ms; close from no_device {close_s * 1000:.0f} ms; states {log.states()}")
+    assert log.states() == ["opening", "no_device", "running", "lost", "no_device", "running", "lost", "no_device",
+                            "closed"]  # one report per change, no flapping while retrying
+    details = [d for _, s, d in log.events if s == "no_device"]
+    assert all("--input PATH.wav" in d for d in details), details
+    assert "no input source" in details[1], details  # the unplugged source, named as such
+    assert appear_to_frame < 4.0 and first_again - back < 4.0  # polled every <= 2 s, then opened
+    assert turns.longest_turn_s < 1.0, "waiting for a device must hand back a turn regularly"
+    assert close_s < 1.0
 
-        th = threading.Thread(target=consume, daemon=True)
-        th.start()
-        _wait(lambda: "no_device" in log.states() and src.open_attempts >= 3, 6, "no retries")
-        assert th.is_alive() and not errors and not got
-        t = time.monotonic()
-        src.close()
-        th.join(5)
-        assert not th.is_alive() and time.monotonic() - t < 2
-    detail = next(d for _, s, d in log.events if s == "no_device")
-    assert "--input PATH.wav" in detail
-    assert log.states() == ["opening", "no_device", "closed"]  # no flapping while retrying
+
+@needs_pulse
+def test_capture_worker_waits_for_a_device_beating_and_stops_promptly(tmp_path, capfd):
+    """The capture worker under a supervisor with a 1 s heartbeat timeout and no microphone: it
+    is never taken for hung, says no_device once (one log line, one WorkerState), writes the
+    first frame to the ring soon after the device appears, and stops at once on SIGTERM from the
+    no-device state."""
+    from core.config import load_config
+    from core.messages import WorkerState, decode
+    from pipeline.supervisor import PipelineSupervisor
+    from shm.audio_ring import AudioRing
+    from shm.heartbeat import HeartbeatTable
+    from shm.message_ring import MessageRing, Policy
+    from shm.segments import segment_name
+    from workers.base import WorkerSpec
+
+    config = load_config(None, environ={"VIGIL_SUPERVISOR__HEARTBEAT_TIMEOUT_S": "1.0", "VIGIL_AUDIO__INPUT": "mic",
+                                        "VIGIL_METRICS__STATE_DIR": str(tmp_path)})
+    pid = os.getpid()
+    hb_name = segment_name(pid, "cap.hb")
+    cleanup = contextlib.ExitStack()
+    try:
+        hb = HeartbeatTable.create(hb_name, 1)
+        cleanup.callback(hb.close)
+        audio = AudioRing.create(segment_name(pid, "cap.audio"), sample_rate=SR, frame_samples=FRAME, capacity=64,
+                                 max_readers=1)
+        cleanup.callback(audio.close)
+        cleanup.callback(audio.unlink)
+        outbox = MessageRing.create(segment_name(pid, "cap.out"), slots=64, slot_size=1024, policy=Policy.DROP_OLDEST,
+                                    decoder=decode)
+        cleanup.callback(outbox.close)
+        cleanup.callback(outbox.unlink)
+        spec = WorkerSpec("capture", "workers.capture:CaptureWorker", row=0, heartbeat=hb_name, heartbeat_rows=1,
+                          outbox=outbox.name, audio=audio.name)
+        events: list[dict] = []
+        states: list[str] = []
+        sup = PipelineSupervisor(config, [spec], hb, on_event=lambda e: events.append(e.to_dict()))
+        cleanup.callback(sup.stop)
+
+        def drain() -> None:
+            while (msg := outbox.get(0.0)) is not None:
+                if isinstance(msg, WorkerState):
+                    states.append(msg.state)
+
+        def turn(seconds: float, until=lambda: False) -> bool:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sup.poll()
+                drain()
+                if until():
+                    return True
+                time.sleep(0.01)
+            return False
+
+        with VirtualMic() as mic, mic.apply_to_os_environ():
+            mic.kill_server()
+            sup.start()
+            assert turn(30, lambda: "no_device" in states), (states, events)
+            first_pid = sup.workers["capture"].pid
+            turn(3.5)  # 3.5 heartbeat timeouts of waiting
+            assert sup.workers["capture"].pid == first_pid and sup.workers["capture"].restarts == 0, events
+            assert not [e for e in events if e["event"] in ("hung", "exited")], events
+            assert states == ["opening", "no_device"] and audio.write_seq == 0
+
+            mic.restart_server()
+            appeared = time.monotonic_ns()
+            assert turn(10, lambda: audio.write_seq > 0), "no frame after the device appeared"
+            in_ring_s = (time.monotonic_ns() - appeared) / 1e9
+            assert turn(5, lambda: states[-1] == "running"), states
+
+            mic.kill_server()
+            assert turn(10, lambda: states[-1] == "no_device"), states
+            handle = sup.workers["capture"]
+            t = time.monotonic()
+            os.kill(handle.pid, signal.SIGTERM)
+            handle.process.join(5)
+            stop_s = time.monotonic() - t
+            exitcode = handle.process.exitcode
+            drain()
+    finally:
+        cleanup.close()
+    err = capfd.readouterr().err
+    print(f"\ncapture worker: device appeared → first frame in the ring {in_ring_s:.2f} s; SIGTERM in "
+          f"no_device → exit {exitcode} in {stop_s * 1000:.0f} ms; states {states}")
+    assert exitcode == 0 and stop_s < 1.5, (exitcode, stop_s)
+    assert states == ["opening", "no_device", "running", "lost", "no_device", "closed"], states
+    assert not [e for e in events if e["event"] in ("hung", "exited")], events
+    assert in_ring_s < 4.0
+    no_device_lines = [line for line in err.splitlines() if "no_device" in line]
+    assert len(no_device_lines) == 2, no_device_lines  # one line per state change, one logger
+    state_lines = [line for line in err.splitlines() if "vigil-capture" in line]
+    assert len(state_lines) == len(states) and all("engines.capture.mic: audio input" in line for line in state_lines), \
+        state_lines  # one logger: the worker does not log the state a second time
 
 
 def _wait(cond, timeout_s: float, what: str) -> None:

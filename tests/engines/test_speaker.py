@@ -228,7 +228,7 @@ def test_enroll_cli(tmp_path, clips):
 
 def test_enroll_from_the_microphone(tmp_path, clips, engine):
     """`enroll NAME --mic` through PyAudio from a private PulseAudio server's virtual microphone."""
-    from tests.pulse import VirtualMic, pulse_available
+    from bench.pulse import VirtualMic, pulse_available
 
     if not pulse_available():
         pytest.skip("needs pulseaudio and pulseaudio-utils")

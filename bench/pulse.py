@@ -1,4 +1,4 @@
-"""A private PulseAudio server with a bit-exact virtual microphone, for tests.
+"""A private PulseAudio server with a bit-exact virtual microphone, for tests and the chaos run.
 
 Why: the test machines have no sound card, but the capture path (PyAudio →
 PortAudio → ALSA ``pulse`` plugin → PulseAudio) is exactly what breaks in the
@@ -13,6 +13,10 @@ docs/testing.md, "A real microphone without a sound card":
   of the sink, otherwise the null sink renders in 2 s blocks and a new
   recording gets its first audio ~1.8 s late;
 * every process is started with stdio redirected and stopped by its PID.
+
+The faults a kiosk's microphone meets, on demand: the server killed (``kill_server``: no input
+device at all) or frozen (``freeze_server``), and the source unplugged while the server stays
+up (``remove_source``; ``restore_source`` plugs it back).
 
 Usage::
 
@@ -91,7 +95,7 @@ class VirtualMic:
         script = self._tmp / "vigil.pa"
         script.write_text(
             "load-module module-native-protocol-unix auth-anonymous=1\n"
-            f"load-module module-null-sink sink_name={SINK} rate={self.rate} channels=1\n"
+            f"load-module module-null-sink {' '.join(self._sink_args())}\n"
             f"set-default-sink {SINK}\n"
             f"set-default-source {SINK}.monitor\n"
         )
@@ -112,9 +116,7 @@ class VirtualMic:
 
     def close(self) -> None:
         """Stop every process this object started (by PID) and remove its files. Idempotent."""
-        for p in self._players:
-            _stop(p)
-        self._players.clear()
+        self.stop_players()
         self._stop_keepalive()
         if self._server is not None:
             _stop(self._server)
@@ -148,6 +150,24 @@ class VirtualMic:
         if self._server is not None:
             self.kill_server()
         self._start_server()
+
+    def remove_source(self) -> None:
+        """Unplug the microphone: unload the null sink (and with it its monitor, the only source).
+
+        The server stays up with no source at all, as when a USB microphone is pulled out; the
+        players and the keep-alive, which play into that sink, are stopped first.
+        """
+        self.stop_players()
+        self._stop_keepalive()
+        self.pactl("unload-module", "module-null-sink")
+
+    def restore_source(self) -> None:
+        """Plug the microphone back: the null sink as the start script makes it, re-timed."""
+        self.pactl("load-module", "module-null-sink", *self._sink_args())
+        self.pactl("set-default-sink", SINK)
+        self.pactl("set-default-source", f"{SINK}.monitor")
+        if self.keepalive:
+            self._start_keepalive()
 
     def freeze_server(self) -> None:
         """SIGSTOP the server: clients block without an error (the hardest failure to notice)."""
@@ -200,6 +220,9 @@ class VirtualMic:
         Each playback start can lose its first few ms, so test WAVs should
         begin with >= 50 ms of silence (``bench.synth.synthesize`` pads them).
         """
+        for done in [p for p in self._players if p.poll() is not None]:
+            self._players.remove(done)
+            _stop(done)  # reaped, its pipe closed
         proc = subprocess.Popen(
             ["paplay", f"--device={SINK}", str(wav_path)],
             env=self.child_env(), stdin=subprocess.DEVNULL,
@@ -217,6 +240,12 @@ class VirtualMic:
                 raise PulseError(f"paplay {wav_path} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
         return proc
 
+    def stop_players(self) -> None:
+        """Stop every ``play()`` still running (by PID)."""
+        for proc in self._players:
+            _stop(proc)
+        self._players.clear()
+
     def pactl(self, *args: str, timeout_s: float = 5.0) -> str:
         """Run ``pactl`` against this server; raise PulseError on failure."""
         r = subprocess.run(["pactl", *args], env=self.child_env(), stdin=subprocess.DEVNULL,
@@ -226,6 +255,9 @@ class VirtualMic:
         return r.stdout
 
     # ------------------------------------------------------------------ internals
+    def _sink_args(self) -> tuple[str, ...]:
+        return (f"sink_name={SINK}", f"rate={self.rate}", "channels=1")
+
     def _start_server(self) -> None:
         assert self._tmp is not None and self.log_path is not None
         log = open(self.log_path, "ab")
