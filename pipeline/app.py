@@ -226,17 +226,27 @@ class Pipeline:
         next_check = 0.0
         try:
             if self.http is not None:
-                self.http.start()
+                try:
+                    self.http.start()
+                except OSError as exc:  # taken since the pre-start check: one line, not a traceback
+                    log.error("[http] %s:%d: cannot listen (%s)", self.config.http.host, self.config.http.port,
+                              exc.strerror or exc)
+                    return 2
                 log.info("HTTP on http://%s:%d/ (/healthz, /metrics, /events)", self.config.http.host, self.http.port)
             # Capture starts last, once its readers have loaded their models: a replayed file
             # must not play to nobody (a live microphone loses nothing that matters by this).
             listeners = [name for name in self.worker_names if name != "capture"]
             if not self.stop_requested:  # a signal during start-up: spawn nothing
                 self.supervisor.start(listeners)
+            # A worker that cannot start (a missing model) is not waited for: the others go on without it.
             if not self.supervisor.wait_running(listeners, self.config.supervisor.start_timeout_s, self._idle) \
                     and not self.stop_requested:
-                log.warning("not every worker came up in %.0f s; starting capture anyway",
-                            self.config.supervisor.start_timeout_s)
+                failed = self.supervisor.cannot_start()
+                if failed:
+                    log.error("starting without %s (cannot start)", ", ".join(failed))
+                else:
+                    log.warning("not every worker came up in %.0f s; starting capture anyway",
+                                self.config.supervisor.start_timeout_s)
             if not self.stop_requested:
                 self.supervisor.start(["capture"])
             last_busy = time.monotonic()
@@ -257,6 +267,9 @@ class Pipeline:
                     if self.options.exit_when_done and self._done():
                         self._flush_output()
                         break
+                    if self.options.exit_when_done and "capture" in self.supervisor.cannot_start():
+                        self._flush_output()
+                        return 1  # the input can never end: nothing to wait for
                     if self.options.max_seconds and now - started > self.options.max_seconds:
                         log.warning("max run time reached")
                         break

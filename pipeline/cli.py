@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def _setup_logging() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import preflight
     from pipeline.app import Pipeline, RunOptions, install_signal_handlers
     from models.provision import ModelError, ensure_models
-    from core.audio import AudioFormatError, load_wav
 
     config = _load(args)
     changes = {}
@@ -57,14 +58,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not host or not port.isdigit():
             return _fail(f"--http {args.http}: expected HOST:PORT, e.g. 127.0.0.1:8765")
         config = config.replace("http", enabled=True, host=host.strip("[]"), port=int(port))
+    # Before any model is provisioned, any process or segment exists: one line per problem, exit 2.
+    problems = preflight.check(config, args.events)
+    if problems:
+        for problem in problems:
+            _fail(problem)
+        return 2
     if config.audio.input != "mic":
-        path = Path(config.audio.input)
-        try:
-            load_wav(path)
-        except (AudioFormatError, OSError) as exc:
-            return _fail(f"--input {path}: {exc}")
-        config = config.replace("audio", input=str(path.resolve()))
+        config = config.replace("audio", input=str(Path(config.audio.input).resolve()))
     _setup_logging()
+    for warning in preflight.warnings(config):
+        logging.getLogger("vigil.preflight").warning("%s", warning)
     try:
         models = ensure_models(Path(config.models.dir), progress=sys.stderr.isatty())
     except (ModelError, OSError) as exc:
@@ -94,22 +98,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.latency import SPANS, summarize_spans
-    from pipeline.metrics_store import MetricsStore
+    from pipeline.metrics_store import MetricsStore, MetricsStoreError
 
     config = _load(args)
-    store = MetricsStore(config.metrics.state_dir, run_id="report")
-    sessions = store.recent(args.last)
-    store.close()
+    store = MetricsStore(config.metrics.state_dir, run_id="report", open_now=False)
+    try:
+        sessions = store.recent(args.last)
+    except MetricsStoreError as exc:  # "0 sessions" would hide it: say so, exit non-zero
+        return _fail(f"report: {exc}; move it aside to start a new one")
+    finally:
+        store.close()
+    skipped = store.skipped_rows
     report = summarize_spans(row["spans"] for row in sessions)
     if args.trace:
         from tools.trace import write_trace
 
-        write_trace(sessions, Path(args.trace))
+        try:
+            write_trace(sessions, Path(args.trace))
+        except OSError as exc:
+            return _fail(f"--trace {args.trace}: {exc.strerror or exc}")
         sys.stderr.write(f"trace of {len(sessions)} session(s) written to {args.trace}\n")
     if args.json:
-        print(json.dumps({"sessions": len(sessions), "spans_ms": report}, indent=2))
+        print(json.dumps({"sessions": len(sessions), "skipped_rows": skipped, "spans_ms": report}, indent=2))
         return 0
-    print(f"{len(sessions)} session(s) from {config.metrics.state_dir}/metrics.db")
+    print(f"{len(sessions)} session(s) from {config.metrics.state_dir}/metrics.db"
+          + (f" ({skipped} broken row(s) skipped)" if skipped else ""))
     order = [name for name, _, _ in SPANS] + sorted(set(report) - {name for name, _, _ in SPANS})
     print(f"{'span':34s} {'p50':>8s} {'p95':>8s} {'p99':>8s} {'n':>5s}")
     for name in order:

@@ -6,6 +6,11 @@ SIGSTOP), after an exponential backoff; more than `restart_budget` restarts with
 `restart_window_s` mark it "failed" (health turns degraded) but it is still retried at the
 longest backoff, because a kiosk must heal itself when the cause goes away.
 
+A worker whose `setup()` cannot start for a reason no restart can fix (a missing or corrupt
+model file, a bad path: it exits with `EXIT_CANNOT_START` and sends its reason) is marked
+"failed" with that reason, reported once (an `error` event) and not restarted in this run:
+the operator fixes the file or the config and restarts Vigil. The other workers go on.
+
 A worker whose resident memory grows past `rss_limit_mb` (a leak, drift in a C library) is
 recycled: SIGTERM, a bounded wait, SIGKILL if it does not go, and an immediate restart that
 does not count against the restart budget (it did not crash).
@@ -27,7 +32,7 @@ import psutil
 from core.config import Config
 from core.events import ErrorEvent, Event, WorkerEvent, WorkerEventKind
 from shm.heartbeat import HeartbeatTable
-from workers.base import WorkerSpec, worker_main
+from workers.base import EXIT_CANNOT_START, WorkerSpec, worker_main
 
 log = logging.getLogger("vigil.supervisor")
 
@@ -44,6 +49,8 @@ class WorkerHandle:
     recent_restarts: deque = field(default_factory=lambda: deque(maxlen=64))
     recycle_deadline: float | None = None  # set while a recycled worker is being stopped (SIGTERM sent)
     recycles: int = 0
+    report: Any = None  # read end of the pipe on which the worker says why it cannot start
+    cannot_start: str | None = None  # that reason, once it came: the worker stays down for this run
 
     @property
     def pid(self) -> int | None:
@@ -70,24 +77,37 @@ class PipelineSupervisor:
                 self._spawn(handle)
 
     def wait_running(self, names: list[str], timeout_s: float, idle: Callable[[], bool]) -> bool:
-        """Poll until the named workers have loaded their models and beat.
+        """Poll until the named workers have loaded their models and beat; True if all of them did.
 
-        `idle()` runs between polls and returns False to give up early (a stop request).
+        Returns early when each is running or cannot start (it will not come up: waiting longer
+        would only keep the others deaf). `idle()` runs between polls and returns False to give
+        up early (a stop request).
         """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.poll()
-            if all(self.workers[name].state == "running" for name in names):
-                return True
+            handles = [self.workers[name] for name in names]
+            if all(h.state == "running" or h.cannot_start is not None for h in handles):
+                return all(h.state == "running" for h in handles)
             if not idle():
                 return False
         return False
 
+    def cannot_start(self) -> dict[str, str]:
+        """The workers that cannot start in this run, with their reasons."""
+        return {name: h.cannot_start for name, h in self.workers.items() if h.cannot_start is not None}
+
     def _spawn(self, handle: WorkerHandle) -> None:
         self.heartbeat.clear(handle.spec.row)
-        process = self._mp.Process(target=worker_main, args=(handle.spec, self.config),
+        report, writer = self._mp.Pipe(duplex=False)
+        process = self._mp.Process(target=worker_main, args=(handle.spec, self.config, writer),
                                    name=f"vigil-{handle.spec.name}", daemon=False)
-        process.start()
+        try:
+            process.start()
+        finally:
+            writer.close()  # the child has its copy; ours would keep the pipe open past the child's exit
+        self._close_report(handle)
+        handle.report = report
         handle.process = process
         handle.started_at = time.monotonic()
         if handle.state != "failed":  # "failed" stays visible until the worker stays up for a window
@@ -121,7 +141,7 @@ class PipelineSupervisor:
         now = time.monotonic()
         for handle in self.workers.values():
             process = handle.process
-            if handle.state in ("stopped", "pending"):
+            if handle.state in ("stopped", "pending") or handle.cannot_start is not None:
                 continue
             if process is None:
                 if now >= handle.next_start_at:
@@ -134,6 +154,9 @@ class PipelineSupervisor:
                 process.close()
                 handle.process = None
                 self._event(handle, "exited", code, pid=pid)
+                if code == EXIT_CANNOT_START and handle.recycle_deadline is None:
+                    self._give_up(handle)
+                    continue
                 if handle.recycle_deadline is not None:  # we stopped it ourselves: back at once, no crash
                     handle.recycle_deadline = None
                     if handle.state != "failed":
@@ -167,6 +190,26 @@ class PipelineSupervisor:
         if self.cfg.rss_limit_mb and now >= self._next_rss_check:
             self._next_rss_check = now + self.cfg.rss_check_interval_s
             self._check_rss()
+
+    def _close_report(self, handle: WorkerHandle) -> None:
+        if handle.report is not None:
+            handle.report.close()
+            handle.report = None
+
+    def _give_up(self, handle: WorkerHandle) -> None:
+        """The worker cannot start (a missing or corrupt model, a bad path): report it once, keep it down."""
+        reason = f"exit code {EXIT_CANNOT_START}"
+        try:
+            if handle.report is not None and handle.report.poll(0):
+                reason = str(handle.report.recv())[:500]
+        except (EOFError, OSError):
+            pass
+        self._close_report(handle)
+        handle.cannot_start = reason
+        handle.state = "failed"
+        handle.next_start_at = float("inf")
+        log.error("%s cannot start: %s; not restarting it (fix this and restart Vigil)", handle.spec.name, reason)
+        self.on_event(ErrorEvent(where=handle.spec.name, message=f"cannot start: {reason}; not restarted"))
 
     def rss_mb(self) -> dict[str, float]:
         """Resident memory of every live worker, in MB (psutil)."""
@@ -222,6 +265,8 @@ class PipelineSupervisor:
                              "heartbeat_age_s": None if age is None else round(age, 2)}
             if handle.recycles:
                 workers[name]["recycles"] = handle.recycles
+            if handle.cannot_start is not None:
+                workers[name]["reason"] = f"cannot start: {handle.cannot_start}"
         ok = all(w["state"] == "running" for w in workers.values())
         return {"status": "ok" if ok else "degraded", "workers": workers}
 
@@ -252,3 +297,4 @@ class PipelineSupervisor:
             if handle.process is not None and handle.process.exitcode is not None:
                 handle.process.close()
             handle.process = None
+            self._close_report(handle)

@@ -8,7 +8,8 @@
 * ``enroll --list`` / ``enroll --delete NAME``.
 
 Voiceprints go to ``<[metrics] state_dir>/voiceprints/<engine>.json`` (see :mod:`engines.speaker.voiceprints`);
-a running Vigil picks up the change without a restart.
+a running Vigil picks up the change without a restart. A damaged file is reported in one line
+(exit 2) and left as it is, for a person to repair or remove.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ def cmd_enroll(args, config) -> int:
                 return fail("--delete NAME takes no other arguments")
             name, dim = engine_dims(config)
             store = open_store(config, name, dim)
+            stored = store.find(args.delete)
             if not store.delete(args.delete):
                 return fail(f"no voiceprint named {args.delete!r} (see enroll --list)")
-            print(f"deleted {args.delete}")
+            print(f"deleted {stored}")
             return 0
         if not args.name:
             return fail("give NAME and WAV files, NAME --mic, --list or --delete NAME")
@@ -185,10 +187,13 @@ def cmd_enroll(args, config) -> int:
         return 0
     except (EnrollError, VoiceprintError) as exc:
         return fail(str(exc).splitlines()[0])
+    except OSError as exc:  # the voiceprint folder cannot be written (read-only, full, a file in the way)
+        return fail(f"cannot write voiceprints: {exc.strerror or exc} ({exc.filename or config.metrics.state_dir})")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("name", nargs="?", help="who is enrolling (1-32 letters, digits, space . _ ' -)")
+    parser.add_argument("name", nargs="?", help="who is enrolling (1-32 letters, digits, space . _ ' -; "
+                        "any case: Carol and carol are one person)")
     parser.add_argument("wavs", nargs="*", type=Path, metavar="WAV", help="recordings of NAME (any PCM WAV)")
     parser.add_argument("--mic", action="store_true", help="record NAME from the microphone instead")
     parser.add_argument("--phrases", type=int, help="--mic: how many phrases to record (default 3)")

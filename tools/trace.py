@@ -152,6 +152,9 @@ def write_trace(rows: Iterable[dict], path: str | Path) -> Path:
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(sessions_to_trace(rows), ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(sessions_to_trace(rows), ensure_ascii=False, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write or rename, nothing half-written stays
     return path

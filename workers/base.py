@@ -10,6 +10,11 @@ serves one message from its inbox, `step()` replaces the receive for workers tha
 by audio instead (capture, wake word), `close()` releases what `setup()` took. The loop, the
 heartbeat, the stop conditions and the rule "a Cancel for my session, or a newer
 StartListening, takes over" (`interruption()`) live here, once.
+
+A `setup()` that fails in a way no restart can fix (a missing or corrupt model file, a bad
+path: `CannotStart`, `ModelError`, a missing file or folder, or a subclass's `cannot_start`
+errors) ends the process with `EXIT_CANNOT_START` after sending its one-line reason to the
+supervisor, which reports it once and does not restart the worker.
 """
 
 from __future__ import annotations
@@ -27,11 +32,22 @@ from typing import Any
 from core.config import Config
 from core.logs import configure_logging
 from core.messages import Cancel, StartListening, decode, encode
+from engines.model_files import ModelError
 from shm.audio_ring import AudioRing
 from shm.heartbeat import HeartbeatTable
 from shm.message_ring import MessageRing, MessageTooLarge
 
 _PR_SET_PDEATHSIG = 1
+EXIT_CANNOT_START = 78  # sysexits.h EX_CONFIG: "restarting will not help, fix the configuration"
+
+
+class CannotStart(RuntimeError):
+    """`setup()` found a problem that no restart can fix; the message says which file or key."""
+
+
+# What setup() may raise that a restart cannot fix (the file or folder is missing, unreadable, corrupt).
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    CannotStart, ModelError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class Worker:
     """One worker process's loop; subclasses write `setup`, `handle` (or `step`) and `close`."""
 
     poll_s = 0.1  # how long one turn waits for a message: bounds the reaction to a stop
+    cannot_start: tuple[type[BaseException], ...] = ()  # the engine's own "this model is unusable" errors
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -139,7 +156,10 @@ class Worker:
 
     def run(self) -> None:
         try:
-            self.setup()
+            try:
+                self.setup()
+            except (*PERMANENT_ERRORS, *self.cannot_start) as exc:
+                raise CannotStart(_one_line(exc)) from exc
             while not self.ctx.should_stop():
                 self.ctx.beat()
                 self.step()
@@ -177,6 +197,11 @@ class Worker:
         return None
 
 
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -195,8 +220,12 @@ def _run_entry(entry: str, ctx: WorkerContext) -> None:
         target(ctx)
 
 
-def worker_main(spec: WorkerSpec, config: Config) -> None:
-    """Spawn entry point of every worker process."""
+def worker_main(spec: WorkerSpec, config: Config, report: Any = None) -> None:
+    """Spawn entry point of every worker process.
+
+    `report`: the write end of a pipe to the supervisor; a worker that cannot start sends its
+    reason there (one line) and exits with EXIT_CANNOT_START.
+    """
     try:
         from setproctitle import setproctitle
 
@@ -210,5 +239,16 @@ def worker_main(spec: WorkerSpec, config: Config) -> None:
     signal.signal(signal.SIGTERM, ctx.request_stop)
     try:
         _run_entry(spec.entry, ctx)
+    except CannotStart as exc:
+        reason = _one_line(exc)
+        ctx.log.error("cannot start: %s", reason)
+        if report is not None:
+            try:
+                report.send(reason)
+            except OSError:
+                pass  # the supervisor is gone; the exit code still says it
+        raise SystemExit(EXIT_CANNOT_START) from None
     finally:
         ctx.close()
+        if report is not None:
+            report.close()

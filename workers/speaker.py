@@ -45,31 +45,42 @@ def limit_threads(threads: int) -> None:
 
 
 class Voiceprints:
-    """The store, reloaded when its file changes; a broken file means "unknown" for all, not a crash."""
+    """The store, reloaded when its file changes. A damaged or unreadable file means "unknown" for
+    everyone (logged once per distinct problem) until it is repaired -- never a crash, never a write."""
 
     def __init__(self, log: logging.Logger, state_dir: str, engine) -> None:
         self.log = log
-        self.store: VoiceprintStore | None = None
-        self.error = ""
-        try:
-            self.store = VoiceprintStore(state_dir, engine.name, engine.dim)
-        except VoiceprintError as exc:
-            self.error = str(exc)
-            log.error("voiceprints unusable, every speaker is 'unknown': %s", exc)
         self.state_dir = state_dir
         self.engine = engine
+        self.store: VoiceprintStore | None = None
+        self.error = ""
+        self._open()
 
-    def identify(self, embedding: np.ndarray, threshold: float) -> tuple[str, float]:
+    def _open(self) -> bool:
         try:
             if self.store is None:
                 self.store = VoiceprintStore(self.state_dir, self.engine.name, self.engine.dim)
-            elif self.store.refresh():
-                self.log.info("voiceprints reloaded: %s", ", ".join(self.store.names()) or "(none)")
-            return self.store.identify(embedding, threshold)
+            elif not self.store.refresh():
+                return True
         except VoiceprintError as exc:
+            self.store = None  # nobody is named from a file that is not whole
             if str(exc) != self.error:
-                self.log.error("voiceprints unusable, speaker is 'unknown': %s", exc)
                 self.error = str(exc)
+                self.log.error("voiceprints unusable, every speaker is 'unknown' until the file is fixed: %s", exc)
+            return False
+        if self.error:
+            self.log.info("voiceprints usable again")
+        self.error = ""
+        self.log.info("voiceprints loaded: %s", ", ".join(self.store.names()) or "(none)")
+        return True
+
+    def identify(self, embedding: np.ndarray, threshold: float) -> tuple[str, float]:
+        if not self._open():
+            return "unknown", 0.0
+        try:
+            return self.store.identify(embedding, threshold)
+        except VoiceprintError as exc:  # an embedding of the wrong size: this request only
+            self.log.error("speaker not identified: %s", exc)
             return "unknown", 0.0
 
 
@@ -80,6 +91,8 @@ def _frame_db(samples: np.ndarray) -> float:
 
 class SpeakerWorker(Worker):
     """Names the speaker of each request from the shared audio, beside STT."""
+
+    cannot_start = (SpeakerError,)  # in setup(): the speaker model is missing or unusable
 
     def setup(self) -> None:
         cfg = self.config.speaker

@@ -934,8 +934,8 @@ env_dicts = st.dictionaries(
 
 
 def check_config(cfg: Config) -> None:
-    """What a returned Config promises: every value of its declared type, in range, finite."""
-    from core import config as config_module
+    """What a returned Config promises: every value of its declared type, finite, and within its key's rule."""
+    from core.config import rule_of
 
     defaults = Config()
     for section in SECTIONS:
@@ -944,10 +944,12 @@ def check_config(cfg: Config) -> None:
             assert type(value) is type(default), (section, key, value)
             if isinstance(value, float):
                 assert math.isfinite(value), (section, key, value)
-            if (section, key) in config_module._POSITIVE:
-                assert value > 0, (section, key, value)
-            if (section, key) in config_module._UNIT_INTERVAL:
-                assert 0 < value < 1, (section, key, value)
+            rule = rule_of(SECTIONS[section], key)
+            rule.check(f"[{section}] {key}", value)  # raises ConfigError if the loader let it through
+            if rule.gt is not None:
+                assert value > rule.gt, (section, key, value)
+            if rule.le is not None:
+                assert value <= rule.le, (section, key, value)
     assert 0 <= cfg.http.port <= 65535
 
 
