@@ -4,7 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng flite portaudio19-dev pulseaudio pulseaudio-utils sox libasound2-plugins chromium systemd
+# Debian packages. Runtime: what the appliance needs (deploy/install.sh installs only these): the venv and
+# what builds PyAudio (no Linux wheel on PyPI), PortAudio, the PulseAudio server and its ALSA plugin.
+APT_RUNTIME := python3-venv python3-dev gcc libc6-dev portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins
+# Tests and bench only: voices for the synthetic corpus, sox, headless Chromium for the status page,
+# systemd-analyze for the unit, unshare/ip for the unit's sandbox in tests/e2e/test_appliance.py.
+APT_TEST := espeak-ng flite sox chromium systemd util-linux iproute2
+APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -12,33 +18,47 @@ SOAK_SECONDS ?= 14400
 CHAOS_MINUTES ?= 10
 CHAOS_SEED ?= 0
 
-.PHONY: all deps run test test-fast lint bench soak chaos models clean distclean
+.PHONY: all deps apt-runtime torchaudio-cpu run test test-fast lint bench soak chaos models clean distclean
 
 all: deps
 
-$(STAMPS)/apt: Makefile
-	@mkdir -p $(STAMPS)
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+# $(call apt_install,PACKAGES): apt-get install the ones that are missing (nothing to do: no apt-get at all).
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@$(call apt_install,$(APT_PACKAGES))
 	@touch $@
 
-$(STAMPS)/venv: requirements.txt requirements-dev.txt $(STAMPS)/apt
+# The appliance's Debian packages only (deploy/install.sh).
+apt-runtime:
+	@$(call apt_install,$(APT_RUNTIME))
+
+# Vigil itself (editable) with every extra and the test tools; the versions are pinned in pyproject.toml
+# (requirements-dev.txt = `-e .[dev]`). Everything comes from PyPI (torch: the machine's CPU wheel).
+$(STAMPS)/venv: pyproject.toml requirements.txt requirements-dev.txt $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v '^WARNING: Location' || true
-	@# speechbrain pulls torchaudio, whose compiled .so files are CUDA-linked (libc10_cuda.so) and fail to
-	@# import beside the CPU torch; SpeechBrain's ECAPA path needs none of them: move them aside (idempotent).
+	@$(MAKE) --no-print-directory torchaudio-cpu PY=$(PY)
+	$(PY) -c "import numpy, openwakeword, pywhispercpp, ctranslate2, xllamacpp, pyaudio, soxr, psutil"
+	$(PY) -c "import torch, torchaudio; assert torch.version.cuda is None, 'a CUDA torch was installed'"
+	$(VENV)/bin/vigil --version
+	@touch $@
+
+# speechbrain pulls torchaudio, whose compiled .so files are CUDA-linked (libc10_cuda.so) and fail to
+# import beside the CPU torch; SpeechBrain's ECAPA path needs none of them: move them aside (idempotent;
+# nothing to do without torchaudio). deploy/install.sh runs it on a venv with the speechbrain extra.
+torchaudio-cpu:
 	@sp=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	if ls $$sp/torchaudio/lib/*.so >/dev/null 2>&1; then \
 	  mkdir -p $$sp/torchaudio/lib.cuda-disabled && mv -f $$sp/torchaudio/lib/*.so $$sp/torchaudio/lib.cuda-disabled/ && \
 	  echo "torchaudio: CUDA-linked .so files moved to torchaudio/lib.cuda-disabled"; \
 	fi
-	$(PY) -c "import numpy, openwakeword, pywhispercpp, ctranslate2, xllamacpp, pyaudio, soxr, psutil"
-	$(PY) -c "import torch, torchaudio; assert torch.version.cuda is None, 'a CUDA torch was installed'"
-	@touch $@
 
 deps: $(STAMPS)/venv
 
@@ -75,7 +95,7 @@ soak: models
 	$(PY) -m pipeline bench --quick --no-load --no-variants --no-wake --idle $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(STAMPS) .pytest_cache
+	rm -rf $(STAMPS) .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

@@ -24,7 +24,7 @@ class DecodeError(ValueError):
 # Fields with a closed set of values (decode() refuses any other value).
 TranscriptReason = Literal["speech_end", "max_length", "no_speech", "partial"]  # partial: not final, a guess
 FinishReason = Literal["stop", "length", "cancelled", "error", "timeout"]
-DeviceState = Literal["running", "opening", "closed", "no_device", "lost"]
+DeviceState = Literal["running", "opening", "closed", "no_device", "lost", "error"]  # error: e.g. no wake verifier
 
 
 # ---- from workers to the parent -------------------------------------------------------

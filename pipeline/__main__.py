@@ -1,4 +1,4 @@
-"""Entry point: `python -m pipeline ...`."""
+"""Entry point: `python -m pipeline ...`, the same program as the installed `vigil` command."""
 
 import sys
 

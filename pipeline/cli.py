@@ -238,8 +238,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def installed_version() -> str:
+    """The installed package's version (pyproject.toml is its one source); a bare checkout has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigil")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="python -m pipeline", description="Vigil: offline voice assistant for kiosks.")
+    # `vigil` (the console script) and `python -m pipeline` are the same program.
+    prog = "vigil" if Path(sys.argv[0]).name == "vigil" else "python -m pipeline"
+    parser = OneLineParser(prog=prog, description="Vigil: offline voice assistant for kiosks.")
+    parser.add_argument("--version", action="version", version=f"vigil {installed_version()}")
     parser.add_argument("--config", help="path to vigil.toml (default: ./vigil.toml if present)")
     # --config is also accepted after the command (`run --config vigil.toml`, as DESIGN.md writes it).
     common = OneLineParser(add_help=False)

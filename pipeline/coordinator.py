@@ -125,7 +125,7 @@ class Coordinator:
             self.emit(InputEndedEvent(source=message.source, seq=message.last_seq, t_ns=message.t_ns))
         elif isinstance(message, WorkerState):
             self.worker_states[message.worker] = message
-            if message.state in ("lost", "no_device"):
+            if message.state in ("lost", "no_device", "error"):
                 self.emit(ErrorEvent(where=message.worker, message=f"{message.state}: {message.detail}"))
         else:
             log.warning("unexpected message %r", message)

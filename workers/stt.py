@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from core.audio import SAMPLE_NS, SAMPLE_RATE
-from core.messages import StartListening, Transcript, WakeVerdict
+from core.messages import StartListening, Transcript, WakeVerdict, WorkerState
 from workers.base import Worker
 from engines.stt.vad import Endpointer, SileroVad
 from engines.stt.whispercpp import WhisperEngine
@@ -134,23 +134,32 @@ class SttWorker(Worker):
 
     def make_verifier(self):
         """The configured wake verifier, or None (then every proposal is a counted verifier fault and the
-        proposer's own threshold decides: wake never stops because the verifier cannot start)."""
+        proposer's own threshold decides: wake never stops because the verifier cannot start). A verifier
+        that cannot start is reported at once (an `error` event, a degraded /healthz), not at the first wake."""
         wake = self.config.wake
+        verifier = None
         try:
             if wake.verify == "whisper":
                 from engines.wake.text_verify import WakeVerifier
 
-                return WakeVerifier(self.engine)
-            if wake.verify == "forced":
+                verifier = WakeVerifier(self.engine)
+            elif wake.verify == "forced":
                 from engines.wake.forced import ForcedPhraseScorer, ForcedVerifier
                 from models.provision import WHISPER_CT2
 
                 model_dir = (Path(self.config.models.dir).expanduser() / WHISPER_CT2.filename).parent
-                return ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
-                                      min_log10p=wake.verify_floor)
-        except Exception:
+                verifier = ForcedVerifier(ForcedPhraseScorer(model_dir, threads=1), min_margin=wake.verify_margin,
+                                          min_log10p=wake.verify_floor)
+        except Exception as exc:
             self.log.exception("wake verifier %r unavailable; the proposer's threshold decides", wake.verify)
-        return None
+            self.report_verifier("error", f"wake verifier {wake.verify!r} unavailable: {exc}")
+        else:
+            if verifier is not None:  # after a restart that healed it, /healthz is no longer degraded
+                self.report_verifier("running", f"wake verifier {wake.verify!r} ready")
+        return verifier
+
+    def report_verifier(self, state: str, detail: str) -> None:
+        self.ctx.send(WorkerState(worker=self.ctx.name, state=state, detail=detail[:300], t_ns=time.monotonic_ns()))
 
     def handle(self, message: Any) -> None:
         if not isinstance(message, StartListening):

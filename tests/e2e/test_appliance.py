@@ -1,20 +1,25 @@
 """The appliance: the systemd unit verifies, and the notify protocol is spoken as systemd expects.
 
 - `deploy/vigil.service` passes `systemd-analyze verify` (with its ExecStart pointed at this
-  checkout's venv, since /opt/vigil does not exist here) and keeps its hardening.
+  checkout's venv, since /opt/vigil does not exist here), keeps its hardening, and
+  `systemd-analyze security` rates its exposure at most 2.0.
 - `pipeline.sdnotify` against a real AF_UNIX datagram socket the test binds: Notifier (path
   and abstract "@" addresses, no-op without NOTIFY_SOCKET), and WatchdogPolicy driven by a
   fake clock and a sequence of supervisor health dicts.
-- The real thing (needs the lead's wiring of pipeline/sdnotify.py into pipeline/app.py and
-  `[supervisor] watchdog_grace_s`; skipped until then): `python -m pipeline run --loop` with
-  NOTIFY_SOCKET and WATCHDOG_USEC=2000000 sends READY=1 once the workers are up, WATCHDOG=1
-  while healthy, withholds it once a SIGSTOPped worker stays down past the grace, and sends
-  STOPPING=1 at SIGTERM — run under the seccomp filter of MemoryDenyWriteExecute=yes when the
-  unit sets it, so the whole pipeline is shown to need no writable+executable memory.
+- The real thing, inside the unit's sandbox: `python -m pipeline run` with NOTIFY_SOCKET and
+  WATCHDOG_USEC=2000000 sends READY=1 once the workers are up, answers a spoken request, sends
+  WATCHDOG=1 while healthy, withholds it once a SIGSTOPped worker stays down past the grace, and
+  sends STOPPING=1 at SIGTERM. It runs under what the unit's hardening does to a process, rebuilt
+  from the unit's own lines with the kernel's tools (systemd is not PID 1 here): its own user
+  namespace (PrivateUsers=), a network namespace with only loopback (IPAddressDeny=any +
+  IPAddressAllow=localhost), no capabilities, the @system-service syscall filter with EPERM
+  (SystemCallFilter=, SystemCallErrorNumber=, via libseccomp) and the seccomp filter of
+  MemoryDenyWriteExecute=yes — so the whole pipeline is shown to work under each of them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -60,6 +65,28 @@ os.execvp(sys.argv[1], sys.argv[1:])
 """
 
 
+# `python -c SECCOMP_EXEC NAMES ACTION CMD ARGS…` execs CMD under a libseccomp filter that allows the
+# comma-separated syscall NAMES and answers any other with ACTION (as systemd's SystemCallFilter= does:
+# names this architecture does not have are skipped).
+SECCOMP_EXEC = r"""
+import ctypes, os, sys
+lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+lib.seccomp_init.restype, lib.seccomp_init.argtypes = ctypes.c_void_p, [ctypes.c_uint32]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(int(sys.argv[2]))
+for name in sys.argv[1].split(","):
+    number = lib.seccomp_syscall_resolve_name(name.encode())
+    if number >= 0 and lib.seccomp_rule_add(ctx, 0x7FFF0000, number, 0) < 0:  # SCMP_ACT_ALLOW
+        raise OSError(f"seccomp_rule_add({name}) failed")
+if lib.seccomp_load(ctx) < 0:
+    raise OSError("cannot load the seccomp filter")
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+SCMP_ACT_KILL_PROCESS = 0x80000000
+
+
 def unit_denies_wx() -> bool:
     return "MemoryDenyWriteExecute=yes" in UNIT.read_text().splitlines()
 
@@ -90,7 +117,7 @@ def test_unit_has_the_appliance_settings():
     assert one["Type"] == "notify" and one["NotifyAccess"] == "main"
     assert one["WatchdogSec"] == "30" and one["Restart"] == "always" and one["RestartSec"] == "2"
     assert one["User"] == "vigil" and "audio" in one["SupplementaryGroups"].split()
-    assert one["ExecStart"].startswith("/opt/vigil/.venv/bin/python -m pipeline ") and one["ExecStart"].endswith(" run")
+    assert one["ExecStart"].startswith("/opt/vigil/.venv/bin/vigil ") and one["ExecStart"].endswith(" run")
     assert "--config /etc/vigil/vigil.toml" in one["ExecStart"]
     assert one["WorkingDirectory"] == "/opt/vigil"
     assert one["StateDirectory"] == "vigil" and one["CacheDirectory"] == "vigil"
@@ -101,7 +128,9 @@ def test_unit_has_the_appliance_settings():
                        "PrivateTmp": "yes", "PrivateDevices": "no", "ProtectKernelTunables": "yes",
                        "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
                        "LockPersonality": "yes", "SystemCallArchitectures": "native", "KillMode": "mixed",
-                       "TimeoutStopSec": "15", "RemoveIPC": "yes", "MemoryDenyWriteExecute": "yes"}.items():
+                       "TimeoutStopSec": "15", "RemoveIPC": "yes",
+                       "PrivateUsers": "yes", "SystemCallFilter": "@system-service", "SystemCallErrorNumber": "EPERM",
+                       "IPAddressDeny": "any", "IPAddressAllow": "localhost"}.items():
         assert one.get(key) == value, f"{key}={one.get(key)!r}, want {value}"
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert "char-alsa rw" in s["DeviceAllow"]
@@ -114,7 +143,8 @@ def test_unit_has_the_appliance_settings():
 def _verifiable_copy(folder: Path) -> Path:
     """The unit with its install paths replaced by this checkout's (verify checks ExecStart exists)."""
     text = UNIT.read_text()
-    text = text.replace("/opt/vigil/.venv/bin/python", sys.executable).replace("/opt/vigil", str(ROOT))
+    text = text.replace("/opt/vigil/.venv/bin/vigil", str(Path(sys.executable).parent / "vigil"))
+    text = text.replace("/opt/vigil", str(ROOT))
     copy = folder / "vigil.service"
     copy.write_text(text)
     return copy
@@ -148,13 +178,24 @@ def test_unit_security_exposure_is_low(tmp_path):
         pytest.skip(f"systemd-analyze security --offline is unavailable: {(proc.stdout + proc.stderr)[-300:]}")
     exposure = float(match.group(1))
     print(f"exposure {exposure}")
-    assert exposure <= 4.0, proc.stdout[-4000:]  # 3.3 with systemd 252
+    assert exposure <= 2.0, proc.stdout[-4000:]  # 1.4 with systemd 252 (3.2 before the syscall filter,
+    # PrivateUsers, IPAddressDeny and PrivateMounts)
 
 
-def test_install_script_is_valid_bash():
+def test_install_script_is_valid_bash_and_installs_only_runtime_packages():
     script = ROOT / "deploy" / "install.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "py_compile", str(ROOT / "deploy" / "smoke.py")]).returncode == 0
     assert "install-service:" in (ROOT / "Makefile").read_text()
+    # The kiosk gets the runtime apt packages (what `make apt-runtime` would install), not the test tools.
+    listed = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), "apt-runtime"], capture_output=True, text=True,
+                            timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    runtime = set(re.search(r"for p in ([^;]+); do", listed.stdout).group(1).split())
+    assert {"python3-venv", "portaudio19-dev", "pulseaudio"} <= runtime, runtime
+    assert not runtime & {"chromium", "espeak-ng", "flite", "sox", "systemd"}, runtime
+    text = script.read_text()
+    assert "apt-runtime" in text and ".stamps/apt" not in text and "requirements-dev" not in text
 
 
 @pytest.mark.skipif(not mdwe_supported(), reason="the MemoryDenyWriteExecute filter here is x86-64 only")
@@ -180,6 +221,27 @@ print("callback", callback(1))
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["wx-denied", "x-denied", "r-ok", "callback", "2"], out.stdout
+
+
+def test_forced_verifier_needs_wx_memory_so_the_unit_allows_it(models):
+    """Why the unit says MemoryDenyWriteExecute=no: CTranslate2's oneDNN kernels are JIT-compiled.
+
+    The same scoring call works without the filter and fails under it; once it works under the
+    filter too, the unit can deny W+X memory again (and this test says so)."""
+    if not mdwe_supported():
+        pytest.skip("the MemoryDenyWriteExecute filter here is x86-64 only")
+    from models.provision import WHISPER_CT2
+
+    model_dir = Path(models.whisper).parent / Path(WHISPER_CT2.filename).parent
+    probe = ("import numpy as np; from engines.wake.forced import ForcedPhraseScorer; "
+             f"ForcedPhraseScorer({str(model_dir)!r}).score(np.zeros(16000, dtype=np.float32)); print('scored')")
+    free = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0 and "scored" in free.stdout, free.stderr[-2000:]
+    filtered = subprocess.run([sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", probe], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert filtered.returncode != 0 and "could not create a primitive" in filtered.stderr, \
+        "CTranslate2 now scores without W+X memory: set MemoryDenyWriteExecute=yes in deploy/vigil.service"
+    assert unit_settings(UNIT.read_text())["MemoryDenyWriteExecute"][-1] == "no"
 
 
 # ---- a receiving socket, as systemd binds it ---------------------------------------------------
@@ -398,53 +460,129 @@ def test_watchdog_policy_without_watchdog_usec_sends_ready_and_status_only(liste
         WatchdogPolicy(Notifier(None), grace_s=0)
 
 
-# ---- the real pipeline under a fake systemd (needs the lead's wiring) ---------------------------
+# ---- the unit's sandbox, rebuilt outside systemd ------------------------------------------------
 
-def _wired() -> bool:
-    from core.config import SupervisorConfig
+def syscall_groups() -> dict[str, list[str]]:
+    """`systemd-analyze syscall-filter`: each @group and its entries (syscall names and nested @groups)."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#") and line[:1].isspace():
+            current.append(line.strip())
+    return groups
 
-    app = (ROOT / "pipeline" / "app.py").read_text()
-    return "WatchdogPolicy" in app and hasattr(SupervisorConfig(), "watchdog_grace_s")
 
+def allowed_syscalls(filters: list[str]) -> set[str]:
+    """The syscalls a unit's SystemCallFilter= lines allow: an allow list, then `~` lines taking away."""
+    groups = syscall_groups()
+
+    def expand(entry: str) -> set[str]:
+        if entry.startswith("@"):
+            return set().union(*(expand(e) for e in groups[entry]))
+        return {entry}
+
+    allowed: set[str] = set()
+    for line in filters:
+        deny = line.startswith("~")
+        names = set().union(*(expand(entry) for entry in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    return allowed
+
+
+def sandbox_available() -> str | None:
+    """Why the unit's sandbox cannot be rebuilt here, or None."""
+    for tool in ("unshare", "setpriv", "ip", "systemd-analyze"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (Makefile APT_TEST)"
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "ip", "link", "set", "lo", "up"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"no user and network namespaces here: {probe.stderr.strip()[-200:]}"
+    if sys.platform != "linux" or not mdwe_supported():
+        return "the seccomp filters here are for x86-64 Linux"
+    return None
+
+
+def unit_sandbox(command: list[str]) -> tuple[list[str], list[str]]:
+    """`command` wrapped in what the unit's hardening does to a process; and the settings applied.
+
+    PrivateUsers=yes: a user namespace mapping root to itself (systemd maps the unit's user to itself
+    as well: here, the test's root). IPAddressDeny=any with IPAddressAllow=localhost: a network
+    namespace whose only interface is loopback. CapabilityBoundingSet= (empty) and NoNewPrivileges=:
+    setpriv. SystemCallFilter= and SystemCallErrorNumber=: a libseccomp filter of the same syscalls.
+    MemoryDenyWriteExecute=yes: systemd's own filter (MDWE_EXEC).
+    """
+    settings = unit_settings(UNIT.read_text())
+    one = {key: values[-1] for key, values in settings.items()}
+    applied = []
+    if unit_denies_wx():
+        command = [sys.executable, "-c", MDWE_EXEC] + command
+        applied.append("MemoryDenyWriteExecute")
+    if "SystemCallFilter" in settings:
+        errno_name = one.get("SystemCallErrorNumber")
+        action = 0x00050000 | getattr(errno, errno_name) if errno_name else SCMP_ACT_KILL_PROCESS
+        names = ",".join(sorted(allowed_syscalls(settings["SystemCallFilter"])))
+        command = [sys.executable, "-c", SECCOMP_EXEC, names, str(action)] + command
+        applied.append(f"SystemCallFilter={' '.join(settings['SystemCallFilter'])} ({errno_name or 'kill'})")
+    if one.get("CapabilityBoundingSet", None) == "" and one.get("NoNewPrivileges") == "yes":
+        command = ["setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all"] + command
+        applied.append("no capabilities")
+    namespaces = []
+    if one.get("PrivateUsers") == "yes":
+        namespaces += ["--user", "--map-root-user"]
+        applied.append("PrivateUsers")
+    if one.get("IPAddressDeny") == "any":
+        assert set(" ".join(settings.get("IPAddressAllow", [])).split()) <= {"localhost", "127.0.0.0/8", "::1/128"}, \
+            "only a loopback-only IPAddressAllow= can be rebuilt as a network namespace"
+        namespaces += ["--user", "--map-root-user"] if not namespaces else []  # the netns needs its own userns
+        namespaces += ["--net"]
+        command = ["sh", "-c", 'ip link set lo up && exec "$@"', "sandbox"] + command
+        applied.append("IPAddressDeny=any + IPAddressAllow=localhost")
+    if namespaces:
+        command = ["unshare"] + namespaces + ["--"] + command
+    return command, applied
+
+
+def namespaces_of(pid: int) -> tuple[str, str]:
+    return os.readlink(f"/proc/{pid}/ns/user"), os.readlink(f"/proc/{pid}/ns/net")
+
+
+# ---- the real pipeline under a fake systemd, inside the unit's sandbox ------------------------
 
 GRACE_S = 2.0
-HEARTBEAT_TIMEOUT_S = 1.0
+HEARTBEAT_TIMEOUT_S = 10.0  # the default: the request is answered as on a kiosk (a decode may not beat for seconds)
 PING_PERIOD_S = 1.0  # WATCHDOG_USEC=2000000 / 2
 
 
-@pytest.fixture(scope="module")
-def spoken_wav(tmp_path_factory) -> Path:
-    """A short spoken sentence (no wake phrase: the pipeline listens but stays idle) in silence."""
-    from bench.synth import engine_available, synthesize, write_wav16
-    from core.audio import load_wav
+def test_pipeline_answers_and_speaks_sd_notify_inside_the_unit_sandbox(listener, tmp_path, models):
+    from tests.e2e.test_pipeline_e2e import read_events, spoken_request, wait_for
 
-    if not engine_available("espeak-ng"):
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    folder = tmp_path_factory.mktemp("appliance")
-    voice = synthesize("Good morning. This kiosk is listening quietly.", folder / "voice.wav",
-                       engine="espeak-ng", voice="en-us", pad_s=0.1)
-    silence = np.zeros(16_000 * 2, dtype=np.int16)
-    return write_wav16(folder / "spoken.wav", np.concatenate([silence, load_wav(voice), silence]))
-
-
-@pytest.mark.skipif(not _wired(), reason="needs the lead's wiring of pipeline/sdnotify.WatchdogPolicy into "
-                    "pipeline/app.py and [supervisor] watchdog_grace_s (see the appliance report)")
-def test_pipeline_speaks_sd_notify_under_a_fake_systemd(spoken_wav, listener, tmp_path, models):
+    missing = sandbox_available()
+    if missing:
+        pytest.skip(f"the unit's sandbox cannot be rebuilt here: {missing}")
+    wav = spoken_request(tmp_path / "request.wav")  # played once; then the kiosk listens to nothing
+    events_path = tmp_path / "events.jsonl"
     env = dict(os.environ)
     env.update({
         "NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "2000000", "PYTHONUNBUFFERED": "1",
-        "VIGIL_METRICS__STATE_DIR": str(tmp_path / "state"),
+        "VIGIL_METRICS__STATE_DIR": str(tmp_path / "state"), "VIGIL_LLM__TEMPERATURE": "0.0",
+        "VIGIL_HTTP__ENABLED": "true",  # as the unit: the endpoints on loopback, inside the network namespace
         "VIGIL_SUPERVISOR__HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
         "VIGIL_SUPERVISOR__BACKOFF_INITIAL_S": "120", "VIGIL_SUPERVISOR__BACKOFF_MAX_S": "120",
         "VIGIL_SUPERVISOR__WATCHDOG_GRACE_S": str(GRACE_S),
     })
     env.pop("WATCHDOG_PID", None)
     log_path = tmp_path / "run.log"
+    command, applied = unit_sandbox([sys.executable, "-m", "pipeline", "run", "--input", str(wav),
+                                     "--events", str(events_path)])
+    assert {"PrivateUsers", "no capabilities", "IPAddressDeny=any + IPAddressAllow=localhost"} <= set(applied) \
+        and any(a.startswith("SystemCallFilter=@system-service") for a in applied), applied
     t_start = time.monotonic()
     with open(log_path, "wb") as log_file:
-        command = [sys.executable, "-m", "pipeline", "run", "--input", str(spoken_wav), "--loop"]
-        if unit_denies_wx() and mdwe_supported():  # as the unit runs it: no W+X memory in any process
-            command = [sys.executable, "-c", MDWE_EXEC] + command
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     frozen: int | None = None
     try:
@@ -453,21 +591,42 @@ def test_pipeline_speaks_sd_notify_under_a_fake_systemd(spoken_wav, listener, tm
         t_ready = listener.times("READY")[0]
         # READY comes once every worker is up: its STATUS says so, and they are all alive.
         assert re.match(r"ok: (\d+)/\1 workers running", ready.get("STATUS", "")), ready
-        titles = [" ".join(p.cmdline()).strip() for p in psutil.Process(proc.pid).children()]
+        parent = psutil.Process(proc.pid)  # unshare, sh and the filters exec: the same pid
+        titles = [" ".join(p.cmdline()).strip() for p in parent.children()]
         for name in ("capture", "wakeword", "stt", "llm", "responder"):
             assert any(t.startswith(f"vigil-{name}") for t in titles), titles
         assert not [t for t in listener.times("WATCHDOG") if t < t_ready - 0.05], "no ping before READY"
+        # Every worker is inside the sandbox: other namespaces than ours, both seccomp filters.
+        for child in parent.children():
+            assert namespaces_of(child.pid) != namespaces_of(os.getpid()), child.cmdline()
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            filters = sum(1 for a in applied if a.startswith(("SystemCallFilter", "MemoryDenyWriteExecute")))
+            assert re.search(r"^Seccomp:\s+2$", status, re.M), status
+            assert re.search(rf"^Seccomp_filters:\s+{filters}$", status, re.M), status
+            assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+
+        # The spoken request is answered inside the sandbox: verifier, STT, speaker ID, LLM.
+        def answered():
+            return [e for e in read_events(events_path) if e["type"] == "response"]
+
+        assert wait_for(answered, 90), ([e["type"] for e in read_events(events_path)],
+                                              log_path.read_text()[-3000:])
+        events = read_events(events_path)
+        assert not [e for e in events if e["type"] == "error"], [e for e in events if e["type"] == "error"]
+        wake = next(e for e in events if e["type"] == "wake")
+        assert wake["verify_score"] is not None, wake
+        assert [e for e in events if e["type"] == "transcript" and e["final"] and e["text"].strip()], events
 
         # Healthy: a ping every ~1 s.
+        t_healthy = time.monotonic()
         time.sleep(3.6)
-        pings = listener.times("WATCHDOG")
+        pings = [t for t in listener.times("WATCHDOG") if t >= t_healthy]
         assert len(pings) >= 3, listener.snapshot()
         gaps = np.diff(pings)
         assert gaps.max() < PING_PERIOD_S + 0.6 and gaps.min() > PING_PERIOD_S - 0.2, gaps
 
         # A hung worker that stays down (long backoff): pings stop within heartbeat timeout + grace.
-        wakeword = next(p for p in psutil.Process(proc.pid).children()
-                        if " ".join(p.cmdline()).startswith("vigil-wakeword"))
+        wakeword = next(p for p in parent.children() if " ".join(p.cmdline()).startswith("vigil-wakeword"))
         frozen = wakeword.pid
         t_stop = time.monotonic()
         os.kill(frozen, signal.SIGSTOP)
@@ -478,8 +637,9 @@ def test_pipeline_speaks_sd_notify_under_a_fake_systemd(spoken_wav, listener, tm
         assert [s for s in listener.statuses() if s.startswith("unhealthy:") and "wakeword" in s], \
             listener.statuses()
         assert proc.poll() is None, "the parent itself must not die"
-        print(f"READY {t_ready - t_start:.1f} s after start; ping gaps {np.round(gaps, 2).tolist()} s; "
-              f"after SIGSTOP pings at {np.round(after, 2).tolist()} s, none later than {limit - t_stop:.1f} s")
+        print(f"sandbox: {'; '.join(applied)}. READY {t_ready - t_start:.1f} s after start; ping gaps "
+              f"{np.round(gaps, 2).tolist()} s; after SIGSTOP pings at {np.round(after, 2).tolist()} s, "
+              f"none later than {limit - t_stop:.1f} s")
 
         # SIGTERM: STOPPING=1, then a clean exit.
         proc.send_signal(signal.SIGTERM)
@@ -494,3 +654,4 @@ def test_pipeline_speaks_sd_notify_under_a_fake_systemd(spoken_wav, listener, tm
                 os.kill(frozen, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
