@@ -3,6 +3,7 @@
     python -m bench.stt_study wer        [--limit N]   # tiny.en vs base, greedy vs beam 5, per voice
     python -m bench.stt_study endpoint                 # Silero vs webrtcvad; end_silence 400/500/700
     python -m bench.stt_study streaming [--rounds N]   # real pipeline, quick corpus, speculative on/off
+    python -m bench.stt_study hearing    [--limit N]   # where the request starts x how it is decoded (option table)
     python -m bench.stt_study all
 
 Results go to ``bench/out/stt_study/<study>.json`` and ``<study>.md`` (the printed table).
@@ -19,9 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -459,10 +461,313 @@ def render_streaming(data: dict) -> dict:
     return data
 
 
+# --------------------------------------------------------------------------- 4. hearing: where the request starts, how it is decoded
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where the clip given to STT begins (the end is always the true speech end + 50 ms, as the worker's).
+
+    ``preroll``: ``offset_s`` before the end of openWakeWord's peak frame (the pipeline's rule for an
+    openWakeWord proposal); ``aligned``: the forced verifier's aligned wake-phrase end + ``offset_s``;
+    ``truth``: the wake corpus's measured phrase end + ``offset_s`` (an oracle: wake corpus only);
+    ``whole``: the utterance from its start, wake phrase stripped from the text (the Wyoming peer's way);
+    ``pipeline``: what the pipeline did before this study (sure wake → pre-roll 0.3 s, verified onset
+    proposal → aligned end, verified openWakeWord proposal → pre-roll 0.3 s); ``verified``: every verified
+    proposal → aligned end + ``offset_s``, a sure wake (never verified) → pre-roll 0.3 s; ``worker``: what
+    workers/stt.py does now, every wake's aligned end + ``offset_s`` but never before the session's first
+    sample (the pre-roll before the proposal).
+    """
+    rule: str
+    offset_s: float = 0.0
+
+    @property
+    def label(self) -> str:
+        if self.rule == "worker":
+            return f"aligned end {self.offset_s * 1000:+.0f} ms, never before the session's pre-roll"
+        if self.rule == "verified":
+            return f"aligned end {self.offset_s * 1000:+.0f} ms when verified, sure wake: pre-roll 0.30 s"
+        if self.rule in ("whole", "pipeline"):
+            return {"whole": "whole utterance, wake phrase stripped", "pipeline": "before: pre-roll / aligned"}[self.rule]
+        name = {"preroll": "pre-roll", "aligned": "aligned end", "truth": "true end (oracle)"}[self.rule]
+        return f"{name} {self.offset_s * 1000:+.0f} ms" if self.rule != "preroll" else f"{name} {self.offset_s:.2f} s"
+
+
+def hearing_rows() -> list[tuple[str, Start, object, str]]:
+    """(label, start, decoding, model): every choice varied alone around the chosen default."""
+    from dataclasses import replace
+
+    from engines.stt.whispercpp import DEFAULT_DECODING as best
+    from engines.stt.whispercpp import Decoding
+
+    # what the engine did before this study: no timestamps, whisper.cpp's fallback on, up to 128 tokens
+    before = Decoding(timestamps=False, temperature_inc=0.2, pad_s=0.0, tokens_per_s=0.0, min_tokens=128,
+                      retry_on_loop=False)
+    start = Start("worker", 0.05)  # what workers/stt.py does (WAKE_END_LAG_S; a sure wake is aligned too)
+    rows = [("before (pipeline start, no timestamps, fallback, 128 tokens, old strip)", Start("pipeline"), before,
+             "tiny.en"),
+            ("chosen", start, best, "tiny.en")]
+    for p in (0.15, 0.3, 0.5):
+        rows.append((f"start: pre-roll {p:.2f} s", Start("preroll", p), best, "tiny.en"))
+    for o in (-0.1, 0.0, 0.05, 0.1):
+        rows.append((f"start: aligned end {o * 1000:+.0f} ms", Start("aligned", o), best, "tiny.en"))
+    rows += [("start: aligned end +50 ms when verified, sure wake pre-roll 0.30 s", Start("verified", 0.05), best,
+              "tiny.en"),
+             ("start: pipeline before", Start("pipeline"), best, "tiny.en"),
+             ("start: true end (oracle)", Start("truth", 0.0), best, "tiny.en"),
+             ("start: whole utterance + strip", Start("whole"), best, "tiny.en"),
+             ("strip: \"hey jarvis\" only (before), not its tail", start, best, "tiny.en"),
+             ("no silence padding", start, replace(best, pad_s=0.0), "tiny.en"),
+             ("prompt \"Hey Jarvis,\"", start, replace(best, initial_prompt="Hey Jarvis,"), "tiny.en"),
+             ("timestamps on", start, replace(best, timestamps=True), "tiny.en"),
+             ("timestamps on, prompt \"Hey Jarvis,\"", start, replace(best, timestamps=True,
+                                                                       initial_prompt="Hey Jarvis,"), "tiny.en"),
+             ("no loop guard (no budget, no retry)", start, replace(best, retry_on_loop=False, tokens_per_s=0.0,
+                                                                    min_tokens=128), "tiny.en"),
+             ("temperature fallback on (0.2)", start, replace(best, temperature_inc=0.2), "tiny.en"),
+             ("beam 5", start, replace(best, beam_size=5), "tiny.en"),
+             ("base (multilingual)", start, best, "base")]
+    return rows
+
+
+# What workers/stt.py stripped before this study: "hey jarvis" only (not the tail of "Jarvis": "This, ...").
+_STRIP_BEFORE = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok)\W+)?(?:jarvis|jervis|travis|javis)\b\W*", re.IGNORECASE)
+
+
+def strip_before(text: str) -> str:
+    return _STRIP_BEFORE.sub("", text.strip(), count=1).strip()
+
+
+def hearing_files(quick: bool = False, corpus: Path | None = None, wake_corpus: Path | None = None) -> list[dict]:
+    """Wake utterances of the bench corpus ("bench", hesitations left out) and the wake corpus's positives
+    ("wake", every condition); each corpus is built (or found built) unless given."""
+    from bench.wake_corpus import build_wake_corpus, default_wake_corpus_dir, load_wake_corpus
+
+    corpus = corpus or corpus_dir(quick)
+    files = [{**r, "source": "bench", "condition": r.get("condition") or "clean"}
+             for r in load_manifest(corpus) if r["wake"] and r.get("pause_s") is None]
+    if wake_corpus is None:
+        wake_corpus = build_wake_corpus(default_wake_corpus_dir(corpus_dir(quick).parent, quick), quick=quick,
+                                        progress=False).parent
+    files += [{**r, "source": "wake"} for r in load_wake_corpus(wake_corpus) if r["set"] == "positive"]
+    return files
+
+
+def wake_geometry(files: list[dict], say=None) -> dict[str, dict]:
+    """Per file, what the wake stage tells STT: openWakeWord's proposal (peak frame, sure or not), the onset
+    proposal, which came first, and the forced verifier's verdict and aligned phrase end on that proposal's
+    window — in samples of the file, computed as the pipeline's workers do with the default config."""
+    from core.audio import load_wav
+    from core.config import Config
+    from engines.wake.detector import WakeDetector
+    from engines.wake.forced import ForcedPhraseScorer, ForcedVerifier
+    from engines.wake.onset import OnsetProposer
+    from engines.wake.oww import OpenWakeWordEngine
+    from engines.wake.text_verify import WINDOW_AFTER_S, WINDOW_BEFORE_S
+    from models.provision import WHISPER_CT2, default_models_dir
+
+    w = Config().wake
+    oww = OpenWakeWordEngine()
+    verifier = ForcedVerifier(ForcedPhraseScorer((default_models_dir() / WHISPER_CT2.filename).parent, threads=1),
+                              min_margin=w.verify_margin, min_log10p=w.verify_floor)
+    before = int(np.ceil(WINDOW_BEFORE_S * RATE / WAKE_FRAME))
+    after = int(np.ceil(WINDOW_AFTER_S * RATE / WAKE_FRAME))
+    lead = 2 * RATE
+    out = {}
+    for k, f in enumerate(files):
+        audio = np.concatenate([np.zeros(lead, np.int16), load_wav(f["path"]), np.zeros(RATE, np.int16)])
+        oww.reset()
+        detector = WakeDetector(oww, threshold=w.proposal_threshold, warmup_s=w.warmup_s, refractory_s=w.refractory_s,
+                                settle_score=w.sure_threshold)
+        onset = OnsetProposer(WAKE_FRAME)
+        warm = int(w.warmup_s * RATE / WAKE_FRAME)
+        found_oww = found_onset = None
+        for i in range(audio.size // WAKE_FRAME):
+            frame = audio[i * WAKE_FRAME:(i + 1) * WAKE_FRAME]
+            if onset.feed(frame) and i > warm and found_onset is None:
+                found_onset = {"source": "onset", "seq": i, "start_seq": i - onset.propose_frames, "report": i}
+            d = detector.feed(frame)
+            if d is not None and found_oww is None:
+                found_oww = {"source": "oww", "seq": i - d.frames_ago, "sure": d.score >= w.sure_threshold,
+                             "score": round(d.score, 3), "report": i}
+            if found_oww and found_onset:
+                break
+        # the session is the first proposal; a sure openWakeWord wake reported before that proposal's
+        # verdict (window end) takes over, as the coordinator does
+        first = min((p for p in (found_oww, found_onset) if p), key=lambda p: p["report"], default=None)
+        if (first is found_onset and found_oww and found_oww["sure"]
+                and found_oww["report"] <= found_onset["seq"] + after):
+            first = found_oww
+        g = {"first": first and first["source"], "oww_seq": found_oww and found_oww["seq"],
+             "sure": bool(first is found_oww and found_oww and found_oww["sure"]), "accepted": None,
+             "phrase_end": None, "start_seq": first and first.get("start_seq")}
+        if first is not None:
+            w0 = (first["seq"] + 1 - before) * WAKE_FRAME
+            window = audio[max(0, w0):(first["seq"] + 1 + after) * WAKE_FRAME]
+            verdict = verifier.check(window)
+            g["accepted"] = bool(verdict.accepted)
+            if verdict.phrase_end_s is not None:
+                g["phrase_end"] = max(0, w0) + int(verdict.phrase_end_s * RATE)
+        for key in ("oww_seq", "start_seq"):  # frames of the lead-padded stream -> samples of the file
+            if g[key] is not None:
+                g[key.replace("_seq", "_sample")] = (g[key] + 1) * WAKE_FRAME - lead if key == "oww_seq" else \
+                    g[key] * WAKE_FRAME - lead
+        if g["phrase_end"] is not None:
+            g["phrase_end"] -= lead
+        out[f["path"]] = g
+        if say and (k + 1) % 25 == 0:
+            say(f"  wake geometry {k + 1}/{len(files)}")
+    return out
+
+
+def start_sample(start: Start, f: dict, g: dict) -> int | None:
+    """Where the clip begins for this rule (None: the rule has nothing to go on for this file)."""
+    preroll = int(round(0.3 * RATE / WAKE_FRAME)) * WAKE_FRAME
+    oww_end = g.get("oww_sample")
+    if start.rule == "whole":
+        return 0
+    if start.rule == "truth":
+        return None if f.get("wake_end_s") is None else int((f["wake_end_s"] + start.offset_s) * RATE)
+    if start.rule == "preroll":
+        return None if oww_end is None else max(0, oww_end - int(round(start.offset_s * RATE / WAKE_FRAME)) * WAKE_FRAME)
+    if start.rule == "aligned":
+        return None if g.get("phrase_end") is None else max(0, g["phrase_end"] + int(start.offset_s * RATE))
+    if (start.rule == "verified" and not g["sure"] or start.rule == "worker") and g.get("phrase_end") is not None:
+        # as workers/stt.py: never before the session's first sample (the pre-roll before the proposal)
+        first = g["start_sample"] if g["first"] == "onset" else oww_end
+        return max(0, g["phrase_end"] + int(start.offset_s * RATE), (first or 0) - preroll)
+    # "pipeline": what workers/stt.py did (and "verified" for a sure wake)
+    if g["first"] == "onset":
+        if g.get("phrase_end") is not None:
+            return max(0, g["phrase_end"])
+        return max(0, g["start_sample"] - preroll)
+    return None if oww_end is None else max(0, oww_end - preroll)
+
+
+def study_hearing(quick: bool = False, limit: int | None = None, threads: int = 2, corpus: Path | None = None,
+                  wake_corpus: Path | None = None) -> dict:
+    """Every start rule and decode choice on the same clips, one utterance at a time through every row."""
+    from bench.wer import judge
+    from core.audio import load_wav
+    from engines.stt.whispercpp import WhisperEngine
+    from models.provision import WHISPER, WHISPER_BASE, default_models_dir
+    from workers.stt import strip_wake_phrase
+
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    files = hearing_files(quick, corpus, wake_corpus)
+    if limit and limit < len(files):  # evenly spread over both corpora, every voice and condition
+        files = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, limit).round().astype(int))]
+    rows = hearing_rows()
+    models = {"tiny.en": default_models_dir() / WHISPER.filename, "base": default_models_dir() / WHISPER_BASE.filename}
+    if not models["base"].is_file():
+        say(f"no {models['base']} (python -m pipeline models --base): the base row is left out")
+        rows = [r for r in rows if r[3] != "base"]
+    engines = {m: WhisperEngine(models[m], n_threads=threads) for m in {r[3] for r in rows}}
+    for e in engines.values():
+        e.transcribe(np.zeros(RATE, np.int16))  # the first call allocates
+    say(f"hearing study: {len(files)} files x {len(rows)} rows")
+    geometry = wake_geometry(files, say)
+    results, cache = [], {}
+    for k, f in enumerate(files):
+        audio = load_wav(f["path"])
+        g = geometry[f["path"]]
+        end = min(audio.size, int((f["speech_end_s"] + 0.05) * RATE))
+        for label, start, decoding, model in rows:
+            s0 = start_sample(start, f, g)
+            if s0 is None or s0 >= end - int(0.1 * RATE):
+                results.append({"row": label, "path": f["path"], "skipped": True})
+                continue
+            key = (f["path"], model, decoding, s0, end)
+            if key not in cache:
+                cache[key] = engines[model].hear(audio[s0:end], decoding)
+            heard = cache[key]
+            text = (strip_before if label.startswith(("before", "strip:")) else strip_wake_phrase)(heard.text)
+            j = judge(f["transcript"], text)
+            results.append({"row": label, "path": f["path"], "source": f["source"], "condition": f["condition"],
+                            "voice": f["voice"], "ref": f["transcript"], "raw": heard.text, "hyp": text,
+                            "errors": j.errors, "ref_words": j.ref_words, "first_word_ok": j.first_word_ok,
+                            "leak": j.leak, "loop": j.loop, "loop_caught": heard.loop, "retried": heard.retried,
+                            "cut": heard.cut, "decode_ms": heard.compute_ms, "audio_s": round((end - s0) / RATE, 3),
+                            "start_vs_truth_ms": None if f.get("wake_end_s") is None
+                            else round((s0 / RATE - f["wake_end_s"]) * 1000)})
+        if (k + 1) % 10 == 0:
+            say(f"  decoded {k + 1}/{len(files)} files")
+            OUT.mkdir(parents=True, exist_ok=True)  # what is done so far survives an interrupted run
+            (OUT / "hearing.partial.json").write_text(json.dumps({"results": results}))
+    data = {"threads": threads, "quick": quick, "n_files": len(files), "rows": [r[0] for r in rows],
+            "geometry": {"first": dict(Counter(g["first"] for g in geometry.values())),
+                         "sure": sum(g["sure"] for g in geometry.values()),
+                         "no_alignment": sum(g["phrase_end"] is None for g in geometry.values()),
+                         "by_file": geometry},
+            "results": results}
+    return render_hearing(data)
+
+
+def _rate(sel: list[dict]) -> float:
+    words = sum(r["ref_words"] for r in sel)
+    return sum(r["errors"] for r in sel) / words if words else float("nan")
+
+
+def _group(r: dict) -> str:
+    return f"{r['source']} {r['condition']}"
+
+
+def render_hearing(data: dict) -> dict:
+    """The option table (one line per row), then WER per voice and condition for the chosen row."""
+    results = [r for r in data["results"] if not r.get("skipped")]
+    groups = list(dict.fromkeys(_group(r) for r in sorted(results, key=lambda r: r["source"])))
+    lines = [f"Hearing: where the request starts and how it is decoded ({data['n_files']} wake utterances: the "
+             "bench corpus's (\"bench\") and the wake corpus's positives (\"wake\"), per condition; clip end = true "
+             "speech end + 50 ms; wake stage as the default config computes it — first proposal "
+             f"{data['geometry']['first']}, sure wakes {data['geometry']['sure']}, no alignment "
+             f"{data['geometry']['no_alignment']}). WER with Whisper's English normaliser; first word = the transcript "
+             "starts with the request's first word; leaks = files with words before it; loops = repetition loops "
+             "left in the text / caught and retried by the engine. Decode ms from one interleaved run (every row "
+             "decodes the same utterance back to back).", "",
+             "| row | files | " + " | ".join(f"WER {g}" for g in groups)
+             + " | WER all | first-word errors | leaks | loops left / caught | decode p50 / p95 ms |",
+             "|---" * (7 + len(groups)) + "|"]
+    summary = {}
+    for row in data["rows"]:
+        sel = [r for r in results if r["row"] == row]
+        if not sel:
+            continue
+        ms = [r["decode_ms"] for r in sel]
+        s = {"files": len(sel), "wer": _rate(sel), "wer_by_group": {g: _rate([r for r in sel if _group(r) == g])
+                                                                      for g in groups},
+             "first_word_errors": sum(not r["first_word_ok"] for r in sel), "leaks": sum(r["leak"] > 0 for r in sel),
+             "loops": sum(r["loop"] for r in sel), "loops_caught": sum(bool(r["loop_caught"]) for r in sel),
+             "decode_ms_p50": pct(ms, 50), "decode_ms_p95": pct(ms, 95)}
+        summary[row] = s
+        lines.append(f"| {row} | {s['files']} | "
+                     + " | ".join("–" if np.isnan(s["wer_by_group"][g]) else f"{s['wer_by_group'][g]:.3f}"
+                                  for g in groups)
+                     + f" | {s['wer']:.3f} | {s['first_word_errors']} ({100 * s['first_word_errors'] / len(sel):.1f} %)"
+                     f" | {s['leaks']} | {s['loops']} / {s['loops_caught']} | {s['decode_ms_p50']:.0f} / "
+                     f"{s['decode_ms_p95']:.0f} |")
+    chosen = [r for r in results if r["row"] == "chosen"]
+    if chosen:
+        voices = sorted({r["voice"] for r in chosen})
+        lines += ["", "WER of the chosen row per voice:", "",
+                  "| voice | " + " | ".join(groups) + " |", "|---" * (1 + len(groups)) + "|"]
+        for v in voices:
+            cells = [_rate([r for r in chosen if r["voice"] == v and _group(r) == g]) for g in groups]
+            lines.append(f"| {v} | " + " | ".join("–" if np.isnan(x) else f"{x:.3f}" for x in cells) + " |")
+        wrong = Counter((r["ref"], r["hyp"]) for r in chosen if r["errors"])
+        lines += ["", "Most frequent errors of the chosen row:", ""]
+        lines += [f"- {n}× {ref!r} → {hyp!r}" for (ref, hyp), n in wrong.most_common(15)]
+    data = {**data, "summary": summary}
+    save("hearing", data, "\n".join(lines))
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stt_study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=["wer", "endpoint", "streaming", "all"])
-    parser.add_argument("--limit", type=int, help="wer: only the first N wake utterances")
+    parser.add_argument("study", choices=["wer", "endpoint", "streaming", "hearing", "all"])
+    parser.add_argument("--quick", action="store_true", help="hearing: the quick corpora")
+    parser.add_argument("--corpus", type=Path, help="hearing: a bench corpus folder (default: build the default one)")
+    parser.add_argument("--wake-corpus", type=Path, help="hearing: a wake corpus folder (default: build it)")
+    parser.add_argument("--limit", type=int, help="wer: only the first N wake utterances; hearing: N spread over the files")
     parser.add_argument("--resummarize", action="store_true", help="wer, streaming: redo the tables from the saved JSON")
     parser.add_argument("--threads", type=int, default=2, help="wer: whisper threads (default 2, as [stt] threads)")
     parser.add_argument("--rounds", type=int, default=2, help="streaming: on/off alternations (default 2)")
@@ -473,6 +778,10 @@ def main(argv: list[str] | None = None) -> int:
         study_wer(args.limit, args.threads)
     if args.study in ("endpoint", "all"):
         study_endpoint()
+    if args.study in ("hearing", "all") and args.resummarize:
+        render_hearing(json.loads((OUT / "hearing.json").read_text()))
+    elif args.study in ("hearing", "all"):
+        study_hearing(args.quick, args.limit, args.threads, args.corpus, args.wake_corpus)
     if args.study in ("streaming", "all") and args.resummarize:
         data = json.loads((OUT / "streaming.json").read_text())
         data.setdefault("n_files", 12)
