@@ -132,6 +132,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _cannot_start(info: Mapping[str, Any]) -> bool:
+    """The supervisor gave up on this worker for the run (its setup failed for a reason no restart fixes)."""
+    return str(info.get("reason", "")).startswith("cannot start")
+
+
 class WatchdogPolicy:
     """What the parent tells systemd, decided from `PipelineSupervisor.health()` at each tick.
 
@@ -139,7 +144,9 @@ class WatchdogPolicy:
     - WATCHDOG=1 every `ping_period_s` (default: half of $WATCHDOG_USEC) while healthy:
       every worker running, or each one that is not has been down for less than `grace_s`.
       A worker counts as down while its state is not "running" (starting, restarting,
-      failed) or its heartbeat is older than `grace_s`. No pings before READY: systemd arms
+      failed) or its heartbeat is older than `grace_s` -- except one that cannot start
+      (a missing model file: /healthz says so, degraded), which restarting the service would
+      only repeat every minute. No pings before READY: systemd arms
       the watchdog only once start-up is complete (TimeoutStartSec= covers the model load).
     - STATUS= a one-line summary whenever it changes.
     - STOPPING=1 once, from `stopping()`; nothing is sent after it.
@@ -218,6 +225,9 @@ class WatchdogPolicy:
         for name, info in workers.items():
             age = info.get("heartbeat_age_s")
             up = info.get("state") == "running" and (age is None or age < self.grace_s)
+            if up or _cannot_start(info):  # a restart of the service cannot fix it: it is degraded, not down
+                self._down_since.pop(name, None)
+                continue
             if up:
                 self._down_since.pop(name, None)
             else:

@@ -448,6 +448,25 @@ def test_watchdog_policy_ready_pings_grace_and_stopping(listener):
     assert policy.pings == sum(1 for m in sent if m.get("WATCHDOG") == "1") == 7
 
 
+def test_watchdog_policy_keeps_pinging_past_a_worker_that_cannot_start(listener):
+    """A worker the supervisor gave up on (a missing model file) leaves the kiosk degraded, not restarting:
+    systemd restarting the service every minute would only repeat the failure and cut the other workers."""
+    clock = FakeClock()
+    policy = WatchdogPolicy(Notifier.from_env({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "2000000"}),
+                            grace_s=2.0, clock=clock)
+    broken = health(capture="running", speaker="failed")
+    broken["workers"]["speaker"]["reason"] = "cannot start: resemblyzer weights missing"
+    crashing = health(capture="running", speaker="failed")
+    for at in range(6):
+        clock.now = 100.0 + at
+        policy.tick(broken)
+    assert policy.ready_sent and policy.healthy and policy.pings >= 5
+    for at in range(6, 10):  # a failed worker without that reason is down, and past the grace it stops the pings
+        clock.now = 100.0 + at
+        policy.tick(crashing)
+    assert not policy.healthy
+
+
 def test_watchdog_policy_without_watchdog_usec_sends_ready_and_status_only(listener):
     clock = FakeClock()
     policy = WatchdogPolicy(Notifier.from_env({"NOTIFY_SOCKET": listener.address}), grace_s=30, clock=clock)
