@@ -163,7 +163,10 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
             return _fail(f"models: {exc}")
     if not model.is_file():
         return _fail(f"--model {model}: no such file")
-    return serve(config, args.host, args.port, model, model_name=args.name)
+    try:
+        return serve(config, args.host, args.port, model, model_name=args.name, token=args.token)
+    except (ValueError, OSError) as exc:  # no token off loopback, the port taken
+        return _fail(f"serve-llm: {exc}")
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
@@ -297,6 +300,8 @@ def build_parser() -> OneLineParser:
     serve_llm.add_argument("--port", type=int, default=11434, help="port (default 11434, Ollama's)")
     serve_llm.add_argument("--model", help="gguf file (default: the provisioned SmolLM2-135M)")
     serve_llm.add_argument("--name", default="smollm2:135m", help="model name clients ask for")
+    serve_llm.add_argument("--token", help="Bearer token every request must send (default: [http] token, "
+                                           "VIGIL_HTTP__TOKEN); required on any host but loopback")
     serve_llm.set_defaults(func=cmd_serve_llm)
 
     enroll = command("enroll", help="enroll a voice for speaker ID (WAV files or --mic), --list, --delete NAME")

@@ -19,15 +19,24 @@ Routes (GET only; bodies are ignored, every response closes the connection):
             run, which waits for pending requests.
   /         the status page (pipeline/static/index.html)
 
+The history keeps whole sessions: the token events of a finished session are dropped once its
+response (which carries the whole answer) is in, and when the history is full the oldest session
+goes as a whole, so a new client never starts in the middle of an answer.
+
 Security: binding anything but a loopback address needs a token (ValueError otherwise). With a token
 every route needs `Authorization: Bearer <token>` or `?token=<token>` (for the page and EventSource),
-else 401. The request line and headers are size-limited and time-limited; no handler exception
-ever leaves the server thread.
+else 401. The request line and headers are size-limited and must arrive within `request_timeout_s`
+in total (a client trickling a header line every few seconds is cut off); connections are capped in
+all and per client address, and a new connection evicts the oldest one still sending its headers
+rather than being refused, so slow clients cannot keep a health check out. No handler exception
+ever leaves the server thread. `GuardedHTTPServer`/`GuardedHandler` and `is_loopback`/`token_ok`
+are shared with `serve-llm`.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -62,6 +71,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class _Frame:
+    """One event of the SSE history, encoded, with what `_remember` needs to keep whole sessions."""
+
+    __slots__ = ("seq", "kind", "session", "frame")
+
+    def __init__(self, seq: int, kind: str, session: Any, frame: bytes) -> None:
+        self.seq, self.kind, self.frame = seq, kind, frame
+        self.session = session if isinstance(session, (int, str)) and not isinstance(session, bool) else None
+
+
 class _Client:
     """One SSE subscriber: a bounded queue of encoded events; the oldest goes when it is full."""
 
@@ -77,33 +96,224 @@ class _Client:
         self.peer = peer
 
 
-class _Server(ThreadingHTTPServer):
+def token_ok(token: str, headers: Any, query: dict[str, list[str]] | None = None) -> bool:
+    """True when no token is set, or the request offers it (`Authorization: Bearer`, else `?token=`)."""
+    if not token:
+        return True
+    auth = headers.get("Authorization", "") or ""
+    offered = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    if offered is None:
+        values = (query or {}).get("token") or []
+        offered = values[0] if values else None
+    if offered is None:
+        return False
+    return hmac.compare_digest(offered.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as a raw stream whose reads all end by one deadline (not a timeout per recv):
+    a client that trickles a byte or a header line every few seconds cannot stretch a request."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request not received in time")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _Conn:
+    __slots__ = ("addr", "since", "waiting", "evicted")
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self.since = time.monotonic()
+        self.waiting = True  # still sending its request line and headers (or idle between requests)
+        self.evicted = False
+
+
+class GuardedHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that slow or hostile clients cannot exhaust.
+
+    One thread per connection, at most `max_connections` in all and `max_per_client` per client
+    address. At either cap a new connection does not wait or get refused while someone merely
+    dawdles: the oldest connection still sending its headers (or idle between requests) is shut
+    down to make room -- legitimate requests send their headers in milliseconds, slow-loris ones
+    never finish. Only when every connection is busy with a request is the new one refused.
+    Handlers are `GuardedHandler`s (they say when their headers are in).
+    """
+
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 16
+    block_on_close = False  # stop() must not wait for idle keep-alive connections
+    request_queue_size = 64
 
-    def __init__(self, address, handler, kiosk: "KioskHttpServer") -> None:
-        self.kiosk = kiosk
-        self._slots = threading.BoundedSemaphore(kiosk.max_connections)
+    def __init__(self, address: Any, handler: Any, *, max_connections: int = 64, max_per_client: int = 32,
+                 header_timeout_s: float = 5.0) -> None:
+        self.max_connections = max(1, int(max_connections))
+        self.max_per_client = max(1, min(int(max_per_client), self.max_connections))
+        self.header_timeout_s = float(header_timeout_s)
+        self._conns: dict[Any, _Conn] = {}
+        self._conns_lock = threading.Lock()
+        self.refused = 0  # connections closed at once: every slot busy with a request
+        self.evicted = 0  # connections shut to make room while still sending headers
         super().__init__(address, handler)
 
-    def process_request(self, request, client_address) -> None:
-        """One thread per connection, at most `max_connections` at once; the rest are closed at once."""
-        if not self._slots.acquire(blocking=False):
-            log.debug("connection from %s refused: too many connections", client_address)
+    def _victim(self, addr: str) -> tuple[Any, bool]:
+        """(connection to evict or None, refuse the new one). Caller holds the lock."""
+        live = [(sock, c) for sock, c in self._conns.items() if not c.evicted]
+        mine = [(sock, c) for sock, c in live if c.addr == addr]
+        if len(mine) >= self.max_per_client:
+            pool = mine
+        elif len(live) >= self.max_connections:
+            pool = live
+        else:
+            return None, False
+        waiting = [(c.since, id(sock), sock) for sock, c in pool if c.waiting]
+        if not waiting:
+            return None, True
+        return min(waiting)[2], False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        addr = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+        with self._conns_lock:
+            victim, refuse = self._victim(addr)
+            if victim is not None:
+                self._conns[victim].evicted = True
+                self.evicted += 1
+            if refuse:
+                self.refused += 1
+            else:
+                self._conns[request] = _Conn(addr)
+        if victim is not None:
+            log.debug("connection limit: shutting the oldest slow connection to admit %s", addr)
+            _shut(victim)
+        if refuse:
+            log.debug("connection from %s refused: every slot is busy", addr)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
+        except Exception:  # no thread could be started: forget the connection
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.pop(request, None)
+        super().shutdown_request(request)
+
+    def mark_waiting(self, request: Any, waiting: bool) -> None:
+        with self._conns_lock:
+            conn = self._conns.get(request)
+            if conn is not None:
+                conn.waiting = waiting
+                conn.since = time.monotonic()
+
+    def connection_count(self) -> int:
+        with self._conns_lock:
+            return len(self._conns)
+
+    def drop_connections(self) -> None:
+        """Shut every open connection down: handlers end, streams and generations see the client gone."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            _shut(conn)
+
+
+def _shut(sock: Any) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class GuardedHandler(BaseHTTPRequestHandler):
+    """Request handler for `GuardedHTTPServer`: the request line and headers must arrive within
+    the server's `header_timeout_s` in total (`idle_timeout_s` more between keep-alive requests);
+    once they are in, reads and writes time out after `io_timeout_s` each.
+    `read_deadline(s)` bounds a body read the same way."""
+
+    server: GuardedHTTPServer
+    io_timeout_s = 60.0
+    idle_timeout_s = 0.0  # HTTP/1.1 handlers: how long a kept-alive connection may wait for its next request
+
+    LINGER_S = 2.0  # after refusing a body unread: how long to swallow the rest of it
+    LINGER_BYTES = 16 << 20
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, 65536)
+        self._requests = 0
+        self._linger = False
+
+    def linger_on_close(self) -> None:
+        """Refusing a request whose body is still coming (a 413): closing at once would make the
+        kernel reset the connection, and the client would see a broken pipe instead of the answer.
+        So on close, say we are done writing and swallow the rest of the body for a while."""
+        self.close_connection = True
+        self._linger = True
+
+    def finish(self) -> None:
+        super().finish()
+        if not self._linger:
+            return
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, left = time.monotonic() + self.LINGER_S, self.LINGER_BYTES
+            while left > 0 and (wait := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(wait)
+                data = self.connection.recv(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+
+    def handle_one_request(self) -> None:
+        self.server.mark_waiting(self.request, True)
+        idle = self.idle_timeout_s if self._requests else 0.0
+        self._reader.deadline = time.monotonic() + idle + self.server.header_timeout_s
+        self._requests += 1
+        try:
+            super().handle_one_request()
+        except OSError:  # reset, or shut down to make room for another client
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._reader.deadline = None
+        self.connection.settimeout(self.io_timeout_s)
+        if ok:
+            self.server.mark_waiting(self.request, False)
+        return ok
+
+    def read_deadline(self, seconds: float | None) -> None:
+        """Bound every read from now on to end within `seconds` in total (None: back to io_timeout_s)."""
+        if seconds is None:
+            self._reader.deadline = None
+            self.connection.settimeout(self.io_timeout_s)
+        else:
+            self._reader.deadline = time.monotonic() + seconds
+
+
+class _Server(GuardedHTTPServer):
+    request_queue_size = 16
+
+    def __init__(self, address, handler, kiosk: "KioskHttpServer") -> None:
+        self.kiosk = kiosk
+        super().__init__(address, handler, max_connections=kiosk.max_connections,
+                         max_per_client=kiosk.max_per_client, header_timeout_s=kiosk.request_timeout_s)
 
     def handle_error(self, request, client_address) -> None:  # never print tracebacks to stderr
         log.debug("HTTP request from %s failed", client_address, exc_info=True)
@@ -119,7 +329,7 @@ class KioskHttpServer:
     def __init__(self, host: str, port: int, health: Callable[[], dict], metrics: Callable[[], bytes],
                  token: str = "", *, queue_size: int = 512, history: int = 300, keepalive_s: float = 15.0,
                  write_timeout_s: float = 10.0, max_clients: int = 16, request_timeout_s: float = 5.0,
-                 max_stream_s: float = 300.0, max_connections: int = 64) -> None:
+                 max_stream_s: float = 300.0, max_connections: int = 64, max_per_client: int = 32) -> None:
         token = token or ""
         if not is_loopback(host) and not token:
             raise ValueError(f"refusing to serve HTTP on non-loopback host {host!r} without a token: "
@@ -138,7 +348,9 @@ class KioskHttpServer:
         self.request_timeout_s = float(request_timeout_s)
         self.max_stream_s = float(max_stream_s)
         self.max_connections = max(int(max_clients) + 4, int(max_connections))
-        self._history: deque[tuple[int, bytes]] = deque(maxlen=max(0, int(history)))
+        self.max_per_client = max(int(max_clients) + 2, int(max_per_client))
+        self.history = max(0, int(history))
+        self._history: deque[_Frame] = deque()
         self._clients: list[_Client] = []
         self._lock = threading.Lock()  # guards clients, history, seq and the counters
         self._seq = 0
@@ -212,13 +424,32 @@ class KioskHttpServer:
             log.debug("unpublishable event %r", event, exc_info=True)
             return
         kind = "".join(ch for ch in kind if ch.isprintable())[:64] or "message"
+        session = event.get("session") if isinstance(event, dict) else None
         with self._lock:
             self._seq += 1
             self._published += 1
             frame = f"id: {self._seq}\nevent: {kind}\ndata: {data}\n\n".encode("utf-8")
-            self._history.append((self._seq, frame))
+            self._remember(_Frame(self._seq, kind, session, frame))
             for client in self._clients:
                 self._enqueue(client, frame)
+
+    def _remember(self, item: "_Frame") -> None:
+        """Add to the history, keeping whole sessions (caller holds the lock; O(history))."""
+        if self.history == 0:
+            return
+        history = self._history
+        if item.kind == "response" and item.session is not None:  # its text supersedes the session's tokens
+            kept = [f for f in history if not (f.kind == "token" and f.session == item.session)]
+            if len(kept) != len(history):
+                history.clear()
+                history.extend(kept)
+        history.append(item)
+        while len(history) > self.history:
+            gone = history.popleft()
+            if gone.session is not None and gone.session != item.session:  # the rest of that session goes too
+                kept = [f for f in history if f.session != gone.session]
+                history.clear()
+                history.extend(kept)
 
     def _enqueue(self, client: _Client, frame: bytes) -> None:
         with client.cond:
@@ -243,7 +474,7 @@ class KioskHttpServer:
         with self._lock:
             if self._stopping.is_set() or len(self._clients) >= self.max_clients:
                 return None
-            backlog = [frame for seq, frame in self._history if last_id is None or seq > last_id]
+            backlog = [f.frame for f in self._history if last_id is None or f.seq > last_id]
             for frame in backlog[-self.queue_size:]:
                 client.queue.append(frame)
             self._clients.append(client)
@@ -279,19 +510,10 @@ class KioskHttpServer:
         return b"".join(frames)
 
     def _authorized(self, headers, query: dict[str, list[str]]) -> bool:
-        if not self.token:
-            return True
-        auth = headers.get("Authorization", "") or ""
-        offered = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        if offered is None:
-            values = query.get("token") or []
-            offered = values[0] if values else None
-        if offered is None:
-            return False
-        return hmac.compare_digest(offered.encode("utf-8", "replace"), self.token.encode("utf-8"))
+        return token_ok(self.token, headers, query)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server_version = "Vigil"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: request bodies are never read
@@ -299,7 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.kiosk.request_timeout_s  # slow or silent clients cannot hold a thread
+        self.io_timeout_s = self.server.kiosk.request_timeout_s
         super().setup()
 
     def log_message(self, fmt: str, *args: Any) -> None:

@@ -11,24 +11,39 @@ SmolLM2-135M Q4_1 on a 2-core box, see DESIGN.md "LLM facts"):
   saved slot states; the slot's own KV cache already gives the prefix reuse we
   need, and memory must stay flat for months.
 * ``verbosity = -1`` silences llama.cpp completely.
-* ``xllamacpp.Server`` also opens a loopback HTTP listener on a random port
-  (``port = 0``); we never use it.
+* ``xllamacpp.Server`` always opens llama.cpp's HTTP listener too (``/completion``,
+  ``/v1/chat/completions``, ``/slots``, ...), with no key on a loopback TCP port by default:
+  any local process could run generations on the kiosk's only slot. We bind it to a Unix
+  socket in a fresh 0700 directory, with a random API key, read the model's facts from it
+  once (``describe()``), then delete the directory: nothing can connect to it any more.
 * The Cython wrapper swallows exceptions raised by the callback (it just stops
   generation), so our callback catches everything itself and reports it.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import secrets
+import shutil
+import socket
 import struct
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from engines.llm import SAMPLING_KEYS, FinishReason, LlmError, StreamResult
 
 GGUF_MAGIC = b"GGUF"
+POOLING_MEAN = 1  # llama.cpp's LLAMA_POOLING_TYPE_MEAN: one vector per input, as Ollama's embed gives
+INVALID_REQUEST = "invalid request:"  # StreamResult.error prefix: llama.cpp refused the request itself (a 400)
+
+
+class LlmRequestError(LlmError):
+    """llama.cpp refused a request as invalid (too long for the context, a bad schema, ...)."""
 
 
 def check_gguf(path: str | os.PathLike[str]) -> Path:
@@ -71,7 +86,9 @@ class EmbeddedLlm:
         repeat_penalty: float = 1.2,
         temperature: float = 0.2,
         seed: int | None = None,
+        embeddings: bool = False,
     ) -> None:
+        """``embeddings``: also serve :meth:`embed` (mean-pooled, normalised), as ``serve-llm`` does."""
         path = check_gguf(model_path)
         import xllamacpp  # imported late: it is heavy and only the LLM worker needs it
 
@@ -83,14 +100,27 @@ class EmbeddedLlm:
         p.cpuparams_batch.n_threads = n_threads
         p.cpuparams.poll = 0  # no busy-wait polling between graph runs
         p.cpuparams_batch.poll = 0
-        p.n_threads_http = 1  # the unused loopback HTTP listener
+        p.n_threads_http = 1  # llama.cpp's own HTTP listener: read once by describe(), then unreachable
+        p.timeout_read = p.timeout_write = 5
+        p.endpoint_slots = False
+        self._listener_dir = tempfile.mkdtemp(prefix="vigil-llm-")  # 0700: only this user may even connect
+        self._listener_path = os.path.join(self._listener_dir, "llama.sock")
+        self._api_key = secrets.token_urlsafe(32)
+        p.hostnames = [self._listener_path]
+        p.api_keys = [self._api_key]
         p.cache_ram_mib = 0  # no host-RAM prompt cache (default 8 GiB)
         p.verbosity = -1  # silence llama.cpp
         p.sampling.temp = temperature
         p.sampling.penalty_repeat = repeat_penalty
         if seed is not None:
             p.sampling.seed = seed
+        if embeddings:
+            p.embedding = True
+            p.pooling_type = POOLING_MEAN
+            p.n_batch = p.n_ubatch = n_ctx  # an input is embedded in one batch: let it be as long as the context
         self.model_path = path
+        self.n_ctx = n_ctx
+        self.embeddings = embeddings
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
         self._lock = threading.Lock()
@@ -98,8 +128,58 @@ class EmbeddedLlm:
         try:
             self._srv = xllamacpp.Server(p)
         except Exception as e:  # llama.cpp only says "Failed to init server"
+            self._close_listener()
             raise LlmError(f"llama.cpp could not load {path}: {e}") from e
         self.load_ms = (time.perf_counter() - t0) * 1000.0
+        try:
+            self._facts = self._read_facts()
+        finally:
+            self._close_listener()
+
+    # ---- llama.cpp's own HTTP listener: read once, then closed to everyone ---------------------
+
+    def _listener_get(self, path: str) -> Any:
+        """GET ``path`` from llama.cpp's listener with the key (only while it still exists)."""
+        sock_path = self._listener_path
+
+        class UnixConnection(http.client.HTTPConnection):
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(self.timeout)
+                self.sock.connect(sock_path)
+
+        conn = UnixConnection("localhost", timeout=3)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {self._api_key}"})
+            reply = conn.getresponse()
+            body = reply.read()
+            if reply.status != 200:
+                raise LlmError(f"llama.cpp {path}: HTTP {reply.status}")
+            return json.loads(body)
+        finally:
+            conn.close()
+
+    def _read_facts(self) -> dict[str, Any]:
+        """The model's facts llama.cpp knows (template, sizes); {} when they cannot be read."""
+        try:
+            props = self._listener_get("/props")
+            models = self._listener_get("/v1/models")
+        except (OSError, LlmError, ValueError):
+            return {}
+        meta = next(iter(models.get("data") or [{}]), {}).get("meta") or {}
+        return {"chat_template": str(props.get("chat_template") or ""),
+                "file_type": str(props.get("model_ftype") or ""),
+                "n_params": meta.get("n_params"), "n_ctx_train": meta.get("n_ctx_train"),
+                "n_embd": meta.get("n_embd"), "n_vocab": meta.get("n_vocab"), "size": meta.get("size")}
+
+    def _close_listener(self) -> None:
+        """Delete the listener's socket and directory: nothing can connect to it any more."""
+        shutil.rmtree(self._listener_dir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        """What llama.cpp said about the model at load: chat_template, file_type, n_params,
+        n_ctx_train, n_embd, n_vocab, size (values may be missing)."""
+        return dict(self._facts)
 
     def warm(self, system_prompt: str) -> None:
         """Run a 1-token request with the system prompt so its KV stays cached."""
@@ -119,21 +199,68 @@ class EmbeddedLlm:
     ) -> StreamResult:
         """Stream a reply; ``sampling`` overrides per request (temperature, repeat_penalty,
         top_p, top_k, seed, stop -- what serve-llm passes on from an Ollama request)."""
+        return self._run("handle_chat_completions", {"messages": messages}, on_token, max_tokens, sampling)
+
+    def stream_prompt(
+        self,
+        prompt: str,
+        on_token: Callable[[str], bool],
+        max_tokens: int = 96,
+        *,
+        sampling: dict | None = None,
+    ) -> StreamResult:
+        """Continue ``prompt`` as it is, without the chat template (Ollama's ``raw`` generate)."""
+        return self._run("handle_completions", {"prompt": prompt}, on_token, max_tokens, sampling)
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One normalised, mean-pooled vector per text, and the prompt tokens they took.
+
+        Raises LlmRequestError when llama.cpp refuses the input (longer than the context),
+        LlmError when this engine was not made with ``embeddings=True``."""
+        if not self.embeddings:
+            raise LlmError("this engine was loaded without embeddings")
+        if not texts:
+            return [], 0
+        try:
+            with self._lock:
+                reply = self._srv.handle_embeddings({"input": list(texts)})
+        except Exception as e:  # noqa: BLE001 - llama.cpp's own complaint about the request
+            raise LlmRequestError(f"{type(e).__name__}: {e}") from e
+        err = reply.get("error") if isinstance(reply, dict) else "no reply"
+        if err:  # an input llama.cpp cannot embed (longer than a batch, ...)
+            raise LlmRequestError(str(err.get("message", err)) if isinstance(err, dict) else str(err))
+        data = sorted(reply.get("data") or [], key=lambda d: d.get("index", 0))
+        vectors = [[float(x) for x in d.get("embedding") or []] for d in data]
+        if len(vectors) != len(texts):
+            raise LlmError(f"llama.cpp returned {len(vectors)} embeddings for {len(texts)} inputs")
+        return vectors, int((reply.get("usage") or {}).get("prompt_tokens") or 0)
+
+    def _run(
+        self,
+        handler: str,
+        request: dict,
+        on_token: Callable[[str], bool],
+        max_tokens: int,
+        sampling: dict | None,
+    ) -> StreamResult:
         parts: list[str] = []
         state: dict = {"first": None, "finish": None, "error": None, "n_pred": None, "n_prompt": None,
-                       "cancel": False}
+                       "cancel": False, "chunks": 0}
         t0 = time.perf_counter()
 
         def callback(chunk: dict) -> bool:
             # Runs on the calling thread with the GIL held; must never raise
             # (the wrapper would swallow it) -- record and stop instead.
             try:
+                state["chunks"] += 1
                 if "error" in chunk or ("code" in chunk and "choices" not in chunk):
                     err = chunk.get("error", chunk)
-                    state["error"] = str(err.get("message", err) if isinstance(err, dict) else err)
+                    message = str(err.get("message", err) if isinstance(err, dict) else err)
+                    invalid = isinstance(err, dict) and err.get("code") == 400
+                    state["error"] = f"{INVALID_REQUEST} {message}" if invalid else message
                     return True
                 choice = (chunk.get("choices") or [{}])[0]
-                text = (choice.get("delta") or {}).get("content")
+                text = (choice.get("delta") or {}).get("content") if "delta" in choice else choice.get("text")
                 if choice.get("finish_reason"):
                     state["finish"] = choice["finish_reason"]
                 timings = chunk.get("timings")
@@ -153,7 +280,7 @@ class EmbeddedLlm:
                 return True
 
         request = {
-            "messages": messages,
+            **request,
             "stream": True,
             "max_tokens": int(max_tokens),
             "temperature": self.temperature,
@@ -165,9 +292,11 @@ class EmbeddedLlm:
                 request[key] = value
         try:
             with self._lock:
-                self._srv.handle_chat_completions(request, callback)
+                getattr(self._srv, handler)(request, callback)
         except Exception as e:  # noqa: BLE001 - never crash the worker
-            state["error"] = f"{type(e).__name__}: {e}"
+            # Raised before any chunk: llama.cpp could not even parse the request (a bad schema, ...).
+            prefix = f"{INVALID_REQUEST} " if state["chunks"] == 0 else ""
+            state["error"] = f"{prefix}{type(e).__name__}: {e}"
 
         total_ms = (time.perf_counter() - t0) * 1000.0
         first_ms = None if state["first"] is None else (state["first"] - t0) * 1000.0

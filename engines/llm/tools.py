@@ -127,8 +127,23 @@ def tool_reply_grammar(tools: list[dict[str, Any]], answer_only: bool) -> str | 
                 return None
             alts.append(_lit('{"tool_call":{"name":' + json.dumps(t["name"]) + ',"arguments":') + " " + args + ' "}}"')
     alts.append(response)
-    rules = {"root": " | ".join(f"( {a} )" for a in alts), **_GBNF_BASE}
+    return _gbnf(" | ".join(f"( {a} )" for a in alts))
+
+
+def _gbnf(root: str) -> str:
+    rules = {"root": root, **_GBNF_BASE}
     return "\n".join(f"{name} ::= {rule}" for name, rule in rules.items()) + "\n"
+
+
+def json_constraint(schema: dict[str, Any]) -> dict[str, Any]:
+    """The llama.cpp request fields that make a reply JSON following ``schema`` (a structured
+    output, e.g. Ollama's ``format``): the compact grammar above for a flat object, else
+    llama.cpp's own JSON-schema grammar (which refuses a schema it cannot follow)."""
+    flat = schema.get("type") == "object" and isinstance(schema.get("properties"), dict) and schema["properties"]
+    rule = _object_rule(schema) if flat else None
+    if rule is not None:
+        return {"grammar": _gbnf(rule)}
+    return {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
 
 
 def tool_reply_constraint(tools: list[dict[str, Any]], answer_only: bool) -> dict[str, Any]:
