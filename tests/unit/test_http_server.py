@@ -594,6 +594,8 @@ def test_status_page_in_headless_chromium(tmp_path: Path):
                             "document.body.innerText.includes('wakeword')")
             srv.publish({"type": "error", "t": time.time(), "where": "llm", "message": "live event"})
             chrome.wait_for("document.getElementById('log').innerText.includes('live event')")
+            # an "error" event of the pipeline is not a broken stream
+            assert chrome.evaluate("document.getElementById('stream-badge').textContent") == "live"
             text = chrome.evaluate("document.body.innerText")
             layouts, shots = {}, {}
             for width, height in ((1280, 800), (800, 480)):
