@@ -517,7 +517,7 @@ def hearing_rows() -> list[tuple[str, Start, object, str]]:
              ("start: true end (oracle)", Start("truth", 0.0), best, "tiny.en"),
              ("start: whole utterance + strip", Start("whole"), best, "tiny.en"),
              ("strip: \"hey jarvis\" only (before), not its tail", start, best, "tiny.en"),
-             ("no silence padding", start, replace(best, pad_s=0.0), "tiny.en"),
+             ("pad 0.2 s silence", start, replace(best, pad_s=0.2), "tiny.en"),
              ("prompt \"Hey Jarvis,\"", start, replace(best, initial_prompt="Hey Jarvis,"), "tiny.en"),
              ("timestamps on", start, replace(best, timestamps=True), "tiny.en"),
              ("timestamps on, prompt \"Hey Jarvis,\"", start, replace(best, timestamps=True,

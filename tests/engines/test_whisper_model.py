@@ -147,16 +147,15 @@ def moon_clip() -> np.ndarray:
 
 def test_a_decode_loop_is_bounded_caught_and_retried(engine, moon_clip):
     moon = words("tell me something about the moon")
-    unguarded = Decoding(timestamps=False, tokens_per_s=0.0, min_tokens=128, retry_on_loop=False)
+    unguarded = Decoding(tokens_per_s=0.0, min_tokens=128, retry_on_loop=False)
     before = engine.hear(moon_clip, unguarded)
     assert before.loop == "repeat" and before.tokens > 2 * len(moon), before  # the loop is there ...
-    no_timestamps = engine.hear(moon_clip, Decoding(timestamps=False))
-    budget = Decoding().token_budget(moon_clip.size)
-    assert no_timestamps.tokens <= budget + 1 < before.tokens  # ... bounded by the audio's length,
-    assert no_timestamps.loop and no_timestamps.retried  # caught and decoded once more,
-    assert words(no_timestamps.text) == moon, no_timestamps  # and the retry heard it once
-    heard = engine.hear(moon_clip)  # the default decode (timestamp tokens) does not loop at all
-    assert not heard.loop and not heard.retried and words(heard.text) == moon, heard
+    heard = engine.hear(moon_clip)  # the default decode
+    assert heard.tokens <= Decoding().token_budget(moon_clip.size) + 1 < before.tokens  # ... bounded by the audio,
+    assert heard.loop and heard.retried  # caught and decoded once more (timestamp tokens on),
+    assert words(heard.text) == moon, heard  # and the retry heard it once
+    anchored = engine.hear(moon_clip, Decoding(timestamps=True))  # timestamp tokens alone: no loop at all
+    assert not anchored.loop and not anchored.retried and words(anchored.text) == moon, anchored
 
 
 def test_decode_choices_do_not_leak_into_the_next_call(engine, capital_clip):
