@@ -29,8 +29,14 @@ import numpy as np
 from core.audio import SAMPLE_NS, SAMPLE_RATE
 from core.messages import StartListening, Transcript, WakeVerdict, WorkerState
 from workers.base import Worker
+from engines.stt.turn import SmartTurn, TurnPolicy, TurnVerdict, open_ending
 from engines.stt.vad import Endpointer, SileroVad
 from engines.stt.whispercpp import WhisperEngine
+
+# "turn": a pause is judged (transcribed, scored) once it is this long and no audio waits unread. Shorter gaps
+# are the spaces between words: judging each one kept STT a decode behind the speech (on the Piper voice the
+# final decision came 1-2.7 s after the speech end), judging none shorter than this costs the answer <100 ms.
+TURN_MIN_PAUSE_MS = 100
 
 # Where the request starts after a verified wake: this long after the wake phrase's end as the verifier aligned
 # it (its cross-attention puts the end a little early). Measured by `python -m bench.stt_study hearing` on the
@@ -151,12 +157,27 @@ class SttWorker(Worker):
         cfg = self.config.stt
         self.engine = WhisperEngine(Path(cfg.model).resolve(), n_threads=cfg.threads)
         self.engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.int16))  # first call allocates; do it before a user waits
-        self.endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=cfg.end_silence_ms,
+        end_silence_ms = cfg.turn_max_pause_ms if cfg.endpoint == "turn" else cfg.end_silence_ms
+        self.endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=end_silence_ms,
                                      no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
                                      frame_samples=self.ctx.audio.frame_samples)
+        self.turn_policy = TurnPolicy(threshold=cfg.turn_threshold, max_pause_ms=cfg.turn_max_pause_ms)
+        self.turn_model = self.make_turn_model() if cfg.endpoint == "turn" else None
         self.verifier = self.make_verifier()
         self.reader = self.ctx.audio.reader(slot=self.ctx.spec.audio_slot)
         self.reader.set_active(False)
+
+    def make_turn_model(self) -> SmartTurn | None:
+        """Smart Turn, warmed; None when it cannot load (then the transcript and the pause decide alone)."""
+        from models.provision import SMART_TURN
+
+        try:
+            model = SmartTurn(Path(self.config.models.dir).expanduser() / SMART_TURN.filename, threads=1)
+            model.score(np.zeros(SAMPLE_RATE, dtype=np.int16))
+            return model
+        except Exception:  # noqa: BLE001 - endpointing must never stop because the model cannot start
+            self.log.exception("turn model unavailable; the transcript and the pause decide")
+            return None
 
     def make_verifier(self):
         """The configured wake verifier, or None (then every proposal is a counted verifier fault and the
