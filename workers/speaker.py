@@ -31,7 +31,7 @@ from engines.speaker import SpeakerError, make_speaker_engine
 from models.provision import speaker_weights
 
 EARLY_MIN_VOICED_S = 1.0  # enough speech to judge a voice ...
-EARLY_PAUSE_S = 0.3  # ... followed by this much quiet: the request has probably ended
+EARLY_PAUSE_S = 0.1  # ... followed by a pause as short as the one STT judges the end of a turn in
 
 
 def limit_threads(threads: int) -> None:
