@@ -8,8 +8,9 @@ STAMPS := .stamps
 # what builds PyAudio (no Linux wheel on PyPI), PortAudio, the PulseAudio server and its ALSA plugin.
 APT_RUNTIME := python3-venv python3-dev gcc libc6-dev portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins
 # Tests and bench only: voices for the synthetic corpus, sox, headless Chromium for the status page,
-# systemd-analyze for the unit, unshare/ip for the unit's sandbox in tests/e2e/test_appliance.py.
-APT_TEST := espeak-ng flite sox chromium systemd util-linux iproute2
+# systemd-analyze for the unit, unshare/ip for the unit's sandbox in tests/e2e/test_appliance.py, promtool
+# (prometheus) to check a live /metrics scrape.
+APT_TEST := espeak-ng flite sox chromium systemd util-linux iproute2 prometheus
 APT_PACKAGES := $(APT_RUNTIME) $(APT_TEST)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=

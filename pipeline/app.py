@@ -127,6 +127,7 @@ class Pipeline:
         specs = worker_specs(self.backpressure, heartbeat_name, options, self.worker_names)
         self.coordinator = Coordinator(config, self.send, self.emit, self.tracker, self.store)
         self.supervisor = PipelineSupervisor(config, specs, self.heartbeat, on_event=self.emit)
+        self.metrics.watch_workers(self.supervisor.resources)
         self.watchdog = WatchdogPolicy(Notifier.from_env(), grace_s=config.supervisor.watchdog_grace_s)
         # Every worker but the responder reports to the parent through its ".out" ring.
         self._outboxes = [(name, self.rings[f"{name}.out"]) for name in self.worker_names if name != "responder"]

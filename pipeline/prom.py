@@ -2,7 +2,9 @@
 
 The parent passes every emitted event to `PipelineMetrics.observe_event()` and the latest
 supervisor health to `set_health()` (or gives a health callable to the constructor, which
-`render()` then polls at scrape time). `render()` returns the text exposition for `/metrics`.
+`render()` then polls at scrape time); `watch_workers()` and `watch_sse()` add figures read at
+scrape time. `render()` returns the text exposition for `/metrics`, in base units (seconds,
+bytes) as Prometheus wants them: `promtool check metrics` accepts it.
 
 Everything lives on a private `CollectorRegistry`, so several instances (tests, bench runs)
 never collide, and nothing here raises into the pipeline: a malformed event is counted in
@@ -19,7 +21,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,13 +30,13 @@ from pipeline.latency import finite
 
 log = logging.getLogger(__name__)
 
-# Milliseconds: fine steps around the 1 s budget, coarse ones out to 10 s.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    25, 50, 75, 100, 150, 200, 300, 400, 500, 650, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000,
+# Seconds: fine steps around the 1 s budget, coarse ones out to 10 s.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
 )
 # Per-stage compute: starts lower (a warm LLM first token is ~50 ms).
-STAGE_BUCKETS_MS: tuple[float, ...] = (
-    5, 10, 25, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
+STAGE_BUCKETS_S: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 )
 ENDPOINT_BUCKETS_S: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 3.0)
 # Spans of a `response` event's latency_ms that get a histogram (pipeline.latency.SPANS).
@@ -95,6 +97,40 @@ class _SourceCollector(Collector):
         return out
 
 
+class _WorkerCollector(Collector):
+    """Each worker's resident memory and CPU time, read at scrape time (`PipelineSupervisor.resources`)."""
+
+    def __init__(self, source: Callable[[], dict], label: Callable[[Any], str]) -> None:
+        self._source = source
+        self._label = label
+
+    def collect(self) -> Iterable:
+        rss: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        try:
+            for name, figures in (self._source() or {}).items():
+                if not isinstance(figures, dict):
+                    continue
+                worker = self._label(name)  # bounded: several past the limit add up under "other"
+                for into, key in ((rss, "rss_bytes"), (cpu, "cpu_s")):
+                    value = finite(figures.get(key))
+                    if value is not None and value >= 0:
+                        into[worker] = into.get(worker, 0.0) + value
+        except Exception:  # noqa: BLE001 - a scrape must never fail because of a source
+            log.debug("worker resources source failed", exc_info=True)
+            return []
+        g = GaugeMetricFamily("vigil_worker_resident_memory_bytes", "Resident memory of the worker process.",
+                              labels=["worker"])
+        for worker, value in sorted(rss.items()):
+            g.add_metric([worker], value)
+        c = CounterMetricFamily("vigil_worker_cpu_seconds",
+                                "CPU time (user + system) of the worker process; starts from 0 when it restarts.",
+                                labels=["worker"])
+        for worker, value in sorted(cpu.items()):
+            c.add_metric([worker], value)
+        return [g, c]
+
+
 class PipelineMetrics:
     """Counters, histograms and gauges of one pipeline, on their own registry."""
 
@@ -102,6 +138,7 @@ class PipelineMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._health = health
         r = self.registry
+        ProcessCollector(registry=r)  # the parent's own process_* figures (memory, CPU, open files)
         self.sessions = Counter("vigil_sessions", "Sessions started (one per accepted wake).", registry=r)
         self.wakes = Counter("vigil_wakes", "Wake-word proposals by result.", ["result"], registry=r)
         self.responses = Counter("vigil_responses", "Responses finished, by route and degraded.",
@@ -110,15 +147,16 @@ class PipelineMetrics:
         self.transcripts = Counter("vigil_transcripts", "Final transcripts.", registry=r)
         self.worker_events = Counter("vigil_worker_events", "Worker lifecycle events.", ["worker", "event"],
                                      registry=r)
-        self.worker_restarts = Counter("vigil_worker_restarts", "Worker restarts by the supervisor.", ["worker"],
-                                       registry=r)
+        self.worker_restarts = Counter("vigil_worker_restarts",
+                                       "Worker restarts by the supervisor (after an exit, a hang or a recycle).",
+                                       ["worker"], registry=r)
         self.drops = Counter("vigil_drops", "Messages or audio frames dropped, by ring.", ["ring"], registry=r)
         self.errors = Counter("vigil_errors", "Error events, by where.", ["where"], registry=r)
         self.bad_events = Counter("vigil_bad_events", "Events that could not be interpreted.", registry=r)
-        self.latency = Histogram("vigil_latency_milliseconds", "Latency spans per response, in milliseconds.",
-                                 ["span"], buckets=LATENCY_BUCKETS_MS, registry=r)
-        self.stage = Histogram("vigil_stage_compute_milliseconds", "Per-stage compute time per response, in ms.",
-                               ["stage"], buckets=STAGE_BUCKETS_MS, registry=r)
+        self.latency = Histogram("vigil_latency_seconds", "Latency spans per response.",
+                                 ["span"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.stage = Histogram("vigil_stage_compute_seconds", "Per-stage compute time per response.",
+                               ["stage"], buckets=STAGE_BUCKETS_S, registry=r)
         # The endpoint decision (pipeline.latency "speech_end_to_endpoint"): how long the pause had lasted when
         # the request was taken as complete, by what decided it ("turn": the turn model and the transcript,
         # "silence": a fixed silence or the longest pause).
@@ -130,9 +168,6 @@ class PipelineMetrics:
         self.worker_heartbeat_age = Gauge("vigil_worker_heartbeat_age_seconds",
                                           "Seconds since the worker's last heartbeat (NaN: none yet).",
                                           ["worker"], registry=r)
-        self.worker_restarts_reported = Gauge("vigil_worker_restarts_reported",
-                                              "Restart count as the supervisor reports it in health.",
-                                              ["worker"], registry=r)
         self._workers, self._rings, self._stages = _Bounded(), _Bounded(), _Bounded()
         self._routes, self._wheres = _Bounded(), _Bounded()
         self._seen_sessions: OrderedDict[Any, None] = OrderedDict()
@@ -182,13 +217,13 @@ class PipelineMetrics:
                 if ms is None or ms < 0:
                     continue
                 if name in SPANS:
-                    self.latency.labels(name).observe(ms)
+                    self.latency.labels(name).observe(ms / 1000.0)
                 if name == "speech_end_to_endpoint":
                     decided = "turn" if finite((event.get("latency_ms") or {}).get("endpoint_score")) is not None \
                         else "silence"
                     self.endpoint_pause.labels(decided).observe(ms / 1000.0)
                 elif name.endswith("_compute"):
-                    self.stage.labels(self._stages(name[: -len("_compute")])).observe(ms)
+                    self.stage.labels(self._stages(name[: -len("_compute")])).observe(ms / 1000.0)
         elif kind == EventType.WORKER:
             worker = self._workers(event.get("name"))
             what = str(event.get("event") or "unknown")
@@ -215,12 +250,14 @@ class PipelineMetrics:
                 self.worker_up.labels(worker).set(1.0 if info.get("state") == "running" else 0.0)
                 age = finite(info.get("heartbeat_age_s"))
                 self.worker_heartbeat_age.labels(worker).set(math.nan if age is None else age)
-                restarts = finite(info.get("restarts"))
-                if restarts is not None:
-                    self.worker_restarts_reported.labels(worker).set(restarts)
+                self.worker_restarts.labels(worker)  # every worker has its series, 0 until a restart
         except Exception:  # noqa: BLE001
             self.bad_events.inc()
             log.debug("metrics could not interpret health %r", health, exc_info=True)
+
+    def watch_workers(self, resources: Callable[[], dict]) -> None:
+        """Export each worker's memory and CPU time (`PipelineSupervisor.resources`) at scrape time. Call once."""
+        self.registry.register(_WorkerCollector(resources, self._workers))
 
     def watch_sse(self, stats: Callable[[], dict]) -> None:
         """Export an SSE server's figures (`KioskHttpServer.stats`) at scrape time. Call once."""

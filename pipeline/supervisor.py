@@ -211,17 +211,29 @@ class PipelineSupervisor:
         log.error("%s cannot start: %s; not restarting it (fix this and restart Vigil)", handle.spec.name, reason)
         self.on_event(ErrorEvent(where=handle.spec.name, message=f"cannot start: {reason}; not restarted"))
 
-    def rss_mb(self) -> dict[str, float]:
-        """Resident memory of every live worker, in MB (psutil)."""
+    def resources(self) -> dict[str, dict[str, float]]:
+        """Every live worker's resident memory (`rss_bytes`) and CPU time so far (`cpu_s`, user + system),
+        read with psutil from the pids this supervisor started (a restarted worker's CPU time starts at 0).
+
+        Safe to call from another thread (a /metrics scrape) while `poll()` replaces a process.
+        """
         out = {}
         for name, handle in self.workers.items():
-            if handle.process is None or handle.process.exitcode is not None:
-                continue
+            child = handle.process
             try:
-                out[name] = psutil.Process(handle.pid).memory_info().rss / 2**20
-            except psutil.Error:
+                if child is None or child.exitcode is not None:
+                    continue
+                process = psutil.Process(child.pid)
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    out[name] = {"rss_bytes": float(process.memory_info().rss), "cpu_s": cpu.user + cpu.system}
+            except (psutil.Error, ValueError):  # ValueError: poll() closed the process object meanwhile
                 continue
         return out
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident memory of every live worker, in MB (psutil)."""
+        return {name: r["rss_bytes"] / 2**20 for name, r in self.resources().items()}
 
     def _check_rss(self) -> None:
         for name, rss in self.rss_mb().items():

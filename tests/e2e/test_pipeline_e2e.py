@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,32 @@ def healthz(port: int) -> dict:
         return json.loads(err.read())
 
 
+def check_live_metrics(text: str, pids: dict[str, int], uptime_s: float) -> None:
+    """A live scrape: `promtool check metrics` accepts it, and the per-worker series are there with sane values
+    (after one answer and one restart of stt)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (the Makefile's APT_TEST)"
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    samples = {(s.name, s.labels.get("worker") or s.labels.get("span") or s.labels.get("stage")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    for name, pid in pids.items():
+        rss = samples[("vigil_worker_resident_memory_bytes", name)]
+        assert 20e6 < rss < 3e9, (name, rss)  # a Python process with its libraries, not a leak
+        assert abs(rss - psutil.Process(pid).memory_info().rss) < 0.25 * rss, name  # the worker's, not the parent's
+        cpu = samples[("vigil_worker_cpu_seconds_total", name)]
+        assert 0 < cpu < 2 * uptime_s, (name, cpu)  # 2 cores
+        assert samples[("vigil_worker_restarts_total", name)] == (1 if name == "stt" else 0), name
+    # Base units: the answer's spans in seconds (a few, not thousands), and the renamed histograms only.
+    assert samples[("vigil_latency_seconds_count", "speech_end_to_first_token")] >= 1
+    assert 0 < samples[("vigil_latency_seconds_sum", "speech_end_to_first_token")] < 60
+    assert 0 < samples[("vigil_stage_compute_seconds_sum", "stt")] < 60
+    assert "milliseconds" not in text
+    assert samples[("process_resident_memory_bytes", None)] > 20e6  # the parent's own
+
+
 def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_path, models):
     events_path = tmp_path / "events.jsonl"
     port = free_port()
@@ -153,6 +180,7 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
          "--events", str(events_path), "--http", f"127.0.0.1:{port}"],
         cwd=ROOT, env=pipeline_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    parent_started = time.monotonic()
     try:
         parent = psutil.Process(proc.pid)
         responses = lambda: [e for e in read_events(events_path) if e["type"] == "response"]  # noqa: E731
@@ -178,6 +206,7 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert 'vigil_worker_restarts_total{worker="stt"} 1.0' in metrics, metrics[:2000]
+        check_live_metrics(metrics, new_pids, time.monotonic() - parent_started)
     finally:
         stop(proc)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
