@@ -9,7 +9,9 @@ A worker is a `Worker` subclass that writes only its handlers (the shape of wyom
 serves one message from its inbox, `step()` replaces the receive for workers that are driven
 by audio instead (capture, wake word), `close()` releases what `setup()` took. The loop, the
 heartbeat, the stop conditions and the rule "a Cancel for my session, or a newer
-StartListening, takes over" (`interruption()`) live here, once.
+StartListening, takes over" (`interruption()`) live here, once. A handler inside one long
+native call (a transcription, an embedding) wraps it in `with self.busy(max_s):` so the
+heartbeat goes on for at most `max_s` seconds.
 
 A `setup()` that fails in a way no restart can fix (a missing or corrupt model file, a bad
 path: `CannotStart`, `ModelError`, a missing file or folder, or a subclass's `cannot_start`
@@ -24,10 +26,12 @@ import importlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from core.config import Config
 from core.logs import configure_logging
@@ -38,6 +42,7 @@ from shm.heartbeat import HeartbeatTable
 from shm.message_ring import MessageRing, MessageTooLarge
 
 _PR_SET_PDEATHSIG = 1
+BUSY_BEAT_S = 0.25  # how often `Worker.busy()` beats from its helper thread
 EXIT_CANNOT_START = 78  # sysexits.h EX_CONFIG: "restarting will not help, fix the configuration"
 
 
@@ -185,6 +190,37 @@ class Worker:
                 return message
             self.backlog.append(message)
         return STOP if self.ctx.should_stop() else None
+
+    @contextmanager
+    def busy(self, max_s: float) -> Iterator[None]:
+        """Beat from a helper thread while the block runs, for at most `max_s` seconds.
+
+        For one long call that cannot beat itself (whisper.cpp transcribing a long request, an
+        embedding): it must not look hung to the supervisor however big the model is. After
+        `max_s` the beats stop, so a call that is truly wedged is still killed as hung
+        (`[supervisor] heartbeat_timeout_s` later). The call must release the GIL, as native
+        engines do while they compute; otherwise no thread can beat.
+        """
+        done = threading.Event()
+        until = time.monotonic() + max_s
+
+        def beat() -> None:
+            while time.monotonic() < until:
+                self.ctx.beat()
+                if done.wait(min(BUSY_BEAT_S, max(0.0, until - time.monotonic()))):
+                    return
+            if not done.is_set():
+                self.log.warning("still busy after %.0f s: no more heartbeats until it returns", max_s)
+
+        self.ctx.beat()
+        helper = threading.Thread(target=beat, name=f"{self.ctx.name}-busy", daemon=True)
+        helper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            helper.join()
+            self.ctx.beat()
 
     def wait(self, seconds: float, session: int, request: int = 0) -> Any | None:
         """Sleep `seconds`, beating, unless an `interruption()` ends it first (then return that)."""

@@ -32,6 +32,9 @@ from models.provision import speaker_weights
 
 EARLY_MIN_VOICED_S = 1.0  # enough speech to judge a voice ...
 EARLY_PAUSE_S = 0.1  # ... followed by a pause as short as the one STT judges the end of a turn in
+# One embedding of a 2.5 s window takes ~20 ms (resemblyzer); the heartbeat goes on this long during it (a bigger
+# model on a slower kiosk must not look hung), then stops, so a wedged call is still caught as hung.
+EMBED_BUSY_S = 30.0
 
 
 def limit_threads(threads: int) -> None:
@@ -177,7 +180,8 @@ class SpeakerWorker(Worker):
                 return ended if isinstance(ended, StartListening) else None
         t0 = time.perf_counter()
         try:
-            embedding = self.engine.embed(audio)
+            with self.busy(EMBED_BUSY_S):
+                embedding = self.engine.embed(audio)
             name, score = self.prints.identify(embedding, cfg.threshold)
         except SpeakerError as exc:
             self.log.info("session %d: no judgement (%s)", request.session, exc)

@@ -44,6 +44,12 @@ TURN_MIN_PAUSE_MS = 100
 # itself and 100 ms earlier cut more first words, the utterance from its start leaks the wake phrase.
 WAKE_END_LAG_S = 0.05
 
+# How long the heartbeat goes on (Worker.busy) inside one call that cannot beat: a transcription (tiny.en: ~0.5 s
+# for 11 s of speech; a bigger model several times that) and a verifier pass (~30 ms). Past it the call counts as
+# wedged and the supervisor kills the worker as hung.
+TRANSCRIBE_BUSY_S = 60.0
+VERIFY_BUSY_S = 10.0
+
 _WAKE_PREFIX = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok|page)\W+)?(?:jarvis|jervis|travis|javis|jarmis|jardis|"
                           r"arvis|jarvis's)\b\W*", re.IGNORECASE)
 # What tiny.en writes for the last syllable of "Jarvis" when the clip starts inside it ("This, set a timer",
@@ -222,6 +228,10 @@ class SttWorker(Worker):
 
     # ---- endpointing ----------------------------------------------------------------------
 
+    def transcribe(self, session: Session, end_sample: int) -> tuple[str, float]:
+        with self.busy(TRANSCRIBE_BUSY_S):
+            return transcribe(self.engine, session, end_sample)
+
     def endpointing(self, session: Session) -> Transcript | None:
         """Called on every frame without an endpointer event: the final transcript when this pause ends
         the request ("turn"), else None (meanwhile a partial transcript may go out for the LLM to start)."""
@@ -241,7 +251,7 @@ class SttWorker(Worker):
         if end_sample <= session.request_start_sample or endpointer.samples_fed - pause < threshold:
             return
         if session.speculative is None or session.speculative[0] != end_sample:
-            text, compute_ms = transcribe(self.engine, session, end_sample)
+            text, compute_ms = self.transcribe(session, end_sample)
             session.speculative = (end_sample, text, compute_ms)
             self.ctx.send(Transcript(session.request.session, text, False, session.time_of(end_sample),
                                      time.monotonic_ns(), round(compute_ms, 1), "partial"))
@@ -277,7 +287,7 @@ class SttWorker(Worker):
     def judge_pause(self, session: Session, end_sample: int) -> TurnVerdict:
         """Transcribe up to the pause, then ask the turn model — unless the words are unfinished. A request
         that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
-        text, compute_ms = transcribe(self.engine, session, end_sample)
+        text, compute_ms = self.transcribe(session, end_sample)
         session.speculative = (end_sample, text, compute_ms)
         score, model_ms = None, 0.0
         if not open_ending(text):
@@ -336,11 +346,13 @@ class SttWorker(Worker):
                 continue
             if check is not None and check.feed(frame.seq, frame.samples):
                 if not request.verify:  # a sure wake: the verifier only places the end of its wake phrase
-                    phrase_end, check = check.place(self.verifier), None
+                    with self.busy(VERIFY_BUSY_S):
+                        phrase_end, check = check.place(self.verifier), None
                     if phrase_end is not None:
                         session.starts_after_wake_phrase(phrase_end)
                 else:
-                    verdict = check.judge(self.verifier)
+                    with self.busy(VERIFY_BUSY_S):
+                        verdict = check.judge(self.verifier)
                     phrase_end, check = check.phrase_end, None
                     self.log.info("wake verdict: %s (score %.2f, %.0f ms, heard %r)",
                                   "accept" if verdict.accepted else "reject", verdict.score, verdict.compute_ms,
@@ -372,7 +384,7 @@ class SttWorker(Worker):
             if session.speculative and session.speculative[0] == end_sample:
                 _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
             else:
-                text, compute_ms = transcribe(self.engine, session, end_sample)
+                text, compute_ms = self.transcribe(session, end_sample)
             now = time.monotonic_ns()
             verdict = session.pause[1] if session.pause and session.pause[0] == end_sample else None
             return Transcript(request.session, text, True, session.time_of(end_sample), now,
