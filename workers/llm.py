@@ -58,7 +58,7 @@ from typing import Any, Callable
 from core.messages import FRIENDLY_FAILURE, Announce, Cancel, LlmDone, LlmRequest, Token
 from skills import SkillRunner
 from engines.llm.embedded import EmbeddedLlm
-from engines.llm import LlmEngine, StreamResult
+from engines.llm import LlmEngine, ModelLoadError, StreamResult
 from core.config import Config
 from workers.base import Worker, WorkerContext
 
@@ -303,6 +303,9 @@ class LlmWorker(Worker):
     """Answers each LlmRequest (a skill or the LLM), one at a time, always in time."""
 
     poll_s = 0.1
+    # In setup(): the embedded engine's gguf is missing or llama.cpp cannot load it (a restart loads the same
+    # file). An Ollama server that is down is not: the engine starts anyway and every answer retries it.
+    cannot_start = (ModelLoadError,)
 
     def __init__(self, ctx: WorkerContext, engine: LlmEngine | None = None, skills: SkillRunner | None = None,
                  helpers: Helpers | None = None) -> None:

@@ -19,7 +19,15 @@ SAMPLING_KEYS = frozenset({"temperature", "repeat_penalty", "top_p", "top_k", "m
 
 
 class LlmError(RuntimeError):
-    """The engine cannot be used (missing/corrupt weights, load failure)."""
+    """The engine cannot be used (missing/corrupt weights, load failure, a refused request)."""
+
+
+class ModelLoadError(LlmError):
+    """The embedded engine cannot load its model file (missing, unreadable, not a gguf llama.cpp loads).
+
+    Permanent: a restart would load the same file, so the LLM worker reports "cannot start" once.
+    A server that does not answer (Ollama) is not this: it may come back, and it never raises at start.
+    """
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from engines.llm import SAMPLING_KEYS, FinishReason, LlmError, StreamResult
+from engines.llm import SAMPLING_KEYS, FinishReason, LlmError, ModelLoadError, StreamResult
 
 GGUF_MAGIC = b"GGUF"
 POOLING_MEAN = 1  # llama.cpp's LLAMA_POOLING_TYPE_MEAN: one vector per input, as Ollama's embed gives
@@ -55,17 +55,17 @@ def check_gguf(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise LlmError(f"LLM model file not found: {p}")
+        raise ModelLoadError(f"LLM model file not found: {p}")
     try:
         with p.open("rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise LlmError(f"LLM model file unreadable: {p}: {e}") from e
+        raise ModelLoadError(f"LLM model file unreadable: {p}: {e}") from e
     if len(head) < 8 or head[:4] != GGUF_MAGIC:
-        raise LlmError(f"not a GGUF model (bad magic {head[:4]!r}): {p}")
+        raise ModelLoadError(f"not a GGUF model (bad magic {head[:4]!r}): {p}")
     (version,) = struct.unpack("<I", head[4:8])
     if not 1 <= version <= 3:
-        raise LlmError(f"unsupported GGUF version {version}: {p}")
+        raise ModelLoadError(f"unsupported GGUF version {version}: {p}")
     return p.resolve()
 
 
@@ -129,7 +129,7 @@ class EmbeddedLlm:
             self._srv = xllamacpp.Server(p)
         except Exception as e:  # llama.cpp only says "Failed to init server"
             self._close_listener()
-            raise LlmError(f"llama.cpp could not load {path}: {e}") from e
+            raise ModelLoadError(f"llama.cpp could not load {path}: {e}") from e
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         try:
             self._facts = self._read_facts()
