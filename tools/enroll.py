@@ -4,7 +4,8 @@
   averaged to mono); each must hold at least 0.5 s of speech.
 * ``enroll NAME --mic``    — prompts the person to read ``--phrases`` sentences and records each from
   the configured microphone (``[audio] device``) with PyAudio; a take with too little speech is
-  asked for again.
+  asked for again. No audio for ``NO_AUDIO_S`` (no microphone, or it stopped): one line saying
+  so, exit 2 — the person at the kiosk is waiting, so the command does not wait for a device.
 * ``enroll --list`` / ``enroll --delete NAME``.
 
 Voiceprints go to ``<[metrics] state_dir>/voiceprints/<engine>.json`` (see :mod:`engines.speaker.voiceprints`);
@@ -14,6 +15,7 @@ a running Vigil picks up the change without a restart. A damaged file is reporte
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,10 @@ PHRASES = (
     "Set a timer for ten minutes and remind me to call home.",
     "My voice is my passport, verify me.",
 )
+
+
+NO_AUDIO_S = 5.0  # --mic: this long without a single frame means there is no microphone to record from
+_MIC_HINT_FOR_RUN = "to run without a microphone use --input PATH.wav"  # the pipeline's advice, not enroll's
 
 
 class EnrollError(ValueError):
@@ -83,26 +89,44 @@ def _say(text: str) -> None:
     print(text, flush=True)  # a prompt must reach the person (or a pipe) before recording starts
 
 
+def _no_microphone(source, waited_s: float) -> EnrollError:
+    """The one line for "no audio came": the source's own reason when it has one (no device, lost)."""
+    detail = getattr(source, "detail", "") if getattr(source, "state", "") in ("no_device", "lost") else ""
+    detail = detail.replace(_MIC_HINT_FOR_RUN, "").strip().rstrip(";").strip()
+    return EnrollError(f"no microphone: {detail or f'no audio came for {waited_s:.0f} s'}")
+
+
 def record_takes(config, phrases: int, seconds: float, say: Callable[[str], None] = _say,
-                 source_factory=None, retries: int = 2) -> list[np.ndarray]:
-    """Prompt for and record ``phrases`` takes; each take must hold enough speech (else asked again)."""
+                 source_factory=None, retries: int = 2, no_audio_s: float = NO_AUDIO_S) -> list[np.ndarray]:
+    """Prompt for and record ``phrases`` takes; each take must hold enough speech (else asked again).
+
+    EnrollError "no microphone: ..." when no audio comes for ``no_audio_s`` (none at all, or it stopped).
+    """
     from engines.capture.mic import PyAudioSource
     from engines.speaker import SpeakerError, prepare
 
     device = config.audio.device or None
     source = (source_factory or (lambda: PyAudioSource(device=device, frame_samples=config.audio.frame_samples)))()
     takes: list[np.ndarray] = []
-    frames = source.frames()
+    frames = source.frames(idle_s=min(0.5, no_audio_s))  # None while no audio comes: we decide how long to wait
+    mic_log = logging.getLogger("engines.capture.mic")
+    mic_level = mic_log.level
+    mic_log.setLevel(logging.ERROR)  # its state lines advise `run --input`; enroll says it in its own one line
     try:
         for i in range(phrases):
             for attempt in range(retries + 1):
                 say(f"[{i + 1}/{phrases}] Please say: \"{PHRASES[i % len(PHRASES)]}\" (recording {seconds:.0f} s)")
-                start = time.monotonic()
+                start = last_audio = time.monotonic()
                 chunks = []
-                for frame, _ in frames:
+                for item in frames:
+                    if item is None:
+                        if time.monotonic() - last_audio >= no_audio_s:
+                            raise _no_microphone(source, no_audio_s)
+                        continue
+                    last_audio = time.monotonic()
                     if not chunks:
-                        start = time.monotonic()  # count from the first audio, not from the device open
-                    chunks.append(frame)
+                        start = last_audio  # count from the first audio, not from the device open
+                    chunks.append(item[0])
                     if time.monotonic() - start >= seconds:
                         break
                 audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
@@ -116,6 +140,7 @@ def record_takes(config, phrases: int, seconds: float, say: Callable[[str], None
                 takes.append(audio)
                 break
     finally:
+        mic_log.setLevel(mic_level)
         source.close()
     return takes
 
