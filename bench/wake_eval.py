@@ -352,9 +352,11 @@ def _window(audio: np.ndarray, peak_end_s: float) -> np.ndarray:
 
 def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
                      progress: Callable[[str], None] | None = None, cache: dict | None = None) -> None:
-    """The forced scores of each proposal's window, raw and denoised (both, so any margin can be judged
-    afterwards), once per (stream, peak), under ``p["forced"]`` = {"raw": ..., "denoised": ...} (None when
-    the window cannot hold the phrase: ``checkable`` rejects it without scoring)."""
+    """The forced scores of each proposal's window in every view (``engines.wake.forced.VIEWS``: raw, denoised,
+    dereverbed; all of them, so any margin can be judged afterwards), once per (stream, peak), under
+    ``p["forced"]`` = {"raw": ..., "denoised": ..., "dereverbed": ...} (None when the window cannot hold the
+    phrase: ``checkable`` rejects it without scoring)."""
+    from engines.wake.forced import VIEWS
     from engines.wake.text_verify import checkable
 
     def reading(f) -> dict:
@@ -369,8 +371,7 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
             ck = (key, p["peak_end_s"])
             if ck not in cache:
                 a = checkable(_window(audio, p["peak_end_s"]))
-                cache[ck] = None if a is None else {"raw": reading(scorer.score(a)),
-                                                    "denoised": reading(scorer.score(a, denoise=True))}
+                cache[ck] = None if a is None else {v: reading(scorer.score(a, view=v)) for v in VIEWS}
                 todo += 1
             p["forced"] = cache[ck]
         if progress:
@@ -378,17 +379,15 @@ def forced_proposals(scorer, proposals: dict[str, list[dict]], streams: dict,
 
 
 def judge_forced(p: dict, min_margin: float, min_log10p: float) -> tuple[bool, float]:
-    """(accepted, compute ms) of the forced verifier on stored readings, as ``ForcedVerifier.check``: the
-    raw view, and the denoised one only when the raw view is a close call turned down."""
-    from engines.wake.forced import accepts, worth_a_second_look
+    """(accepted, compute ms) of the forced verifier on stored readings, by the rule ``ForcedVerifier.check``
+    follows (``engines.wake.forced.decide``): the raw view, the others only after a close call turned down."""
+    from engines.wake.forced import decide
 
     f = p.get("forced")
     if f is None:
         return False, 0.0
-    raw = f["raw"]
-    if accepts(raw, min_margin, min_log10p) or not worth_a_second_look(raw):
-        return accepts(raw, min_margin, min_log10p), raw["compute_ms"]
-    return accepts(f["denoised"], min_margin, min_log10p), raw["compute_ms"] + f["denoised"]["compute_ms"]
+    accepted, _reading, ms = decide(f.get, min_margin, min_log10p)
+    return accepted, ms
 
 
 def judge(verifier, p: dict):

@@ -88,3 +88,21 @@ def whisper_log_scale(mel: np.ndarray) -> np.ndarray:
 def log_mel(audio: np.ndarray, filters: np.ndarray) -> np.ndarray:
     """Whisper's log-mel features ``[n_mels, frames]``."""
     return whisper_log_scale(mel_power(audio, filters))
+
+
+def suppress_late_reverb(mel: np.ndarray, t60_s: float = 0.6, delay_s: float = 0.05, keep: float = 0.1,
+                         hop_s: float = HOP / SAMPLE_RATE) -> np.ndarray:
+    """Late reverberation taken out of a power spectrogram ``[bands, frames]`` (mel or linear).
+
+    Lebart's model (Lebart, Boucher & Denbigh 2001): in a room whose sound decays by 60 dB in ``t60_s``,
+    what arrives ``delay_s`` after a frame is that frame's power times 10^(-6 delay / T60), so the late
+    reverberation of each frame is estimated from the frame ``delay_s`` before and subtracted, never below
+    ``keep`` of the original (no holes for a model to hear as silence). The direct sound and the early
+    reflections (within ``delay_s``) stay; the smeared tails of earlier phonemes go.
+    """
+    d = max(1, int(round(delay_s / hop_s)))
+    decay = 10.0 ** (-6.0 * d * hop_s / t60_s)
+    late = np.zeros_like(mel)
+    late[:, d:] = decay * mel[:, :-d]
+    return np.maximum(mel - late, keep * mel)
+
