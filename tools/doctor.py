@@ -54,6 +54,28 @@ OVERHEAD_MS = 50.0  # IPC, routing and the LLM prompt for the request (measured 
 LLM_FIRST_TOKEN_MAX_MS = 150.0
 LLM_MIN_TOKENS_PER_S = 15.0  # faster than anyone reads a streamed answer
 SPEAKER_EMBED_MAX_MS = 300.0  # must arrive before [speaker] deadline_ms after speech end
+
+
+def endpoint_timing(current) -> dict[str, Any]:
+    """The latency rule's inputs from the configured endpoint (``[stt] endpoint``): how long the endpoint waits
+    after the speech end (``end_wait_ms``), the pause after which the transcription starts (``pause_ms``), and
+    the time an STT decode may take from that pause (``stt_window_ms``).
+
+    "silence": the request ends ``end_silence_ms`` after the speech end and the decode starts after
+    ``speculative_silence_ms``, so a decode that finishes inside the silence costs nothing. "turn": the decode
+    starts after a pause of ``TURN_MIN_PAUSE_MS`` (workers/stt.py) and a request that reads complete ends with
+    it, so nothing hides the decode: it may take what the budget leaves after the pause, the LLM's first token
+    and the overhead."""
+    stt = current.stt
+    if stt.endpoint == "silence":
+        return {"mode": "silence", "end_wait_ms": stt.end_silence_ms, "pause_ms": stt.speculative_silence_ms,
+                "stt_window_ms": stt.end_silence_ms}
+    from workers.stt import TURN_MIN_PAUSE_MS
+
+    return {"mode": "turn", "end_wait_ms": TURN_MIN_PAUSE_MS, "pause_ms": TURN_MIN_PAUSE_MS,
+            "stt_window_ms": BUDGET_MS - LLM_FIRST_TOKEN_MAX_MS - OVERHEAD_MS}
+
+
 # Accuracy of each STT model, measured on the same clips in one run by `python -m bench.stt_study hearing`
 # (its "chosen" row is tiny.en with the default decode, "base (multilingual)" the same decode on base).
 ACCURACY_FILE = ROOT / "bench" / "out" / "stt_study" / "hearing.json"
@@ -414,11 +436,13 @@ def stt_accuracy(path: Path = ACCURACY_FILE) -> dict[str, dict[str, Any]]:
 def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, dict] | None = None) -> dict[str, Any]:
     """The set that fits the latency budget, by a simple explicit rule.
 
-    speech end -> first token ~= max(end_silence, speculative_silence + STT decode) + LLM first token + overhead.
+    speech end -> first token ~= max(endpoint wait, pause + STT decode) + LLM first token + overhead, the endpoint's
+    figures from ``endpoint_timing`` ("silence": 500 ms end silence, decode after a 150 ms pause; "turn": the
+    decode after a 100 ms pause, the request ending with it).
 
     * STT: among the measured models whose decode of the 3 s clip (a ~2 s command gets the same 512-frame
-      encoder context, so this is its decode time too) fits inside the endpoint silence after the
-      speculative pause (``speculative_silence_ms + decode_ms <= end_silence_ms``), the one that hears
+      encoder context, so this is its decode time too) fits the endpoint's window after its pause
+      (``pause_ms + decode_ms <= stt_window_ms``), the one that hears
       best by the numbers (``accuracy``: WER per model from the hearing study) — a bigger model only when
       its WER is at least ``MIN_WER_GAIN`` lower, else the faster one. Without accuracy figures for every
       candidate, the bigger model (base > tiny.en), as the usual expectation, and the report says so.
@@ -426,12 +450,12 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
     * Then the sum above must be <= 600 ms; if it is not, say so (and pick the fastest of each).
     * Speaker: the configured engine if its embedding of 3 s takes <= 300 ms, else speaker ID off.
     """
-    end_silence = END_SILENCE_MS
-    spec = current.stt.speculative_silence_ms
+    timing = endpoint_timing(current)
+    end_silence, spec, window = timing["end_wait_ms"], timing["pause_ms"], timing["stt_window_ms"]
     reasons: list[str] = []
     order = {"base": 2, "tiny.en": 1}
     stt = [m for m in models if m["kind"] == "stt" and "decode_ms" in m.get("measured", {})]
-    fits = [m for m in stt if spec + m["measured"]["decode_ms"] <= end_silence]
+    fits = [m for m in stt if spec + m["measured"]["decode_ms"] <= window]
     accuracy = stt_accuracy() if accuracy is None else accuracy
     wer = {m["name"]: accuracy[m["name"]]["wer"] for m in fits if m["name"] in accuracy}
     if fits and len(wer) == len(fits):  # by the numbers: the best WER, unless a faster model is about as good
@@ -450,7 +474,7 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
         heard = (f"; WER {accuracy[m['name']]['wer']:.3f} on {accuracy[m['name']]['files']} utterances"
                  if m["name"] in accuracy else "")
         reasons.append(f"STT {m['name']}: {spec} ms pause + {m['measured']['decode_ms']:.0f} ms decode "
-                       f"{'<=' if m in fits else '>'} {end_silence} ms end silence: {verdict}{heard}")
+                       f"{'<=' if m in fits else '>'} {window:.0f} ms ({timing['mode']} endpoint): {verdict}{heard}")
     llm = [m for m in models if m["kind"] == "llm" and isinstance(m.get("measured", {}).get("first_token_ms"), float)
            and not math.isnan(m["measured"]["first_token_ms"])]
     good = [m for m in llm if m["measured"]["first_token_ms"] <= LLM_FIRST_TOKEN_MAX_MS
@@ -466,7 +490,7 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
     if stt_pick and llm_pick:
         estimate = (max(end_silence, spec + stt_pick["measured"]["decode_ms"]) + llm_pick["measured"]["first_token_ms"]
                     + OVERHEAD_MS)
-    settings: dict[str, dict[str, Any]] = {"stt": {"end_silence_ms": end_silence}}
+    settings: dict[str, dict[str, Any]] = {"stt": {"end_silence_ms": END_SILENCE_MS}}
     if stt_pick:
         settings["stt"]["model"] = "" if stt_pick["name"] == "tiny.en" else stt_pick["path"]
     if llm_pick:
@@ -487,8 +511,9 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
             reasons.append(f"speaker {sm.get('engine')}: {sm['embed_ms']:.0f} ms per 3 s embedding "
                            f"({'<=' if ok else '>'} {SPEAKER_EMBED_MAX_MS:.0f} ms): {'on' if ok else 'off'}")
     return {
-        "rule": "speech_end->first_token ~= max(end_silence, speculative_silence + stt_decode) + llm_first_token "
-                f"+ {OVERHEAD_MS:.0f} ms overhead <= {BUDGET_MS:.0f} ms (p50)",
+        "rule": f"speech_end->first_token ~= max({end_silence} ms endpoint wait, {spec} ms pause + stt_decode) "
+                f"+ llm_first_token + {OVERHEAD_MS:.0f} ms overhead <= {BUDGET_MS:.0f} ms (p50; {timing['mode']} "
+                f"endpoint; STT decode fits when {spec} ms + decode <= {window:.0f} ms)",
         "stt": stt_pick["name"] if stt_pick else None, "llm": llm_pick["name"] if llm_pick else None,
         "stt_accuracy": accuracy,
         "estimate_ms": None if estimate is None else round(estimate, 1),
