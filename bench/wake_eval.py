@@ -449,11 +449,21 @@ def accepted_wakes(cfg: dict, props: list[dict], verifier=None, forced: tuple[fl
     return accepted
 
 
+def _room_names() -> dict[str, str]:
+    """Which simulated room each room file of the default wake corpus was recorded in (bench/rooms.py)."""
+    from bench.rooms import room_for
+    from bench.wake_corpus import plan
+
+    return {it.file: room_for(it.seed).name for it in plan() if it.condition == "room"}
+
+
 def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score: float | None = None,
                  split: str | None = None, forced: tuple[float, float] | None = None) -> dict[str, Any]:
     """One configuration's numbers from its proposals (and verdicts when two-stage)."""
     det = {c: {"detected": 0, "total": 0} for c in CONDITIONS}
     by_voice: dict[str, dict[str, list[int]]] = defaultdict(lambda: {c: [0, 0] for c in CONDITIONS})
+    by_room: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    rooms = _room_names() if "positive:room" in streams else {}
     delays, doubles, accepted_total = [], 0, 0
     false = {s: {"count": 0, "hours": 0.0} for s in NEGATIVE_SETS}
     verified_neg = {s: 0 for s in NEGATIVE_SETS}
@@ -478,9 +488,13 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
                 hits = [a for a in inside if w0 <= a[0] <= w1]
                 det[cond]["total"] += 1
                 by_voice[f["speaker"]][cond][1] += 1
+                if cond == "room":
+                    by_room[rooms.get(f["wav"], "?")][1] += 1
                 if hits:
                     det[cond]["detected"] += 1
                     by_voice[f["speaker"]][cond][0] += 1
+                    if cond == "room":
+                        by_room[rooms.get(f["wav"], "?")][0] += 1
                     delays.append((hits[0][1] - (f["start"] + f["wake_end_s"])) * 1000.0)
                 if len(inside) > 1:
                     doubles += 1
@@ -506,6 +520,7 @@ def score_config(cfg: dict, prop: dict, streams: dict, verifier=None, min_score:
         "onset": bool(cfg.get("onset")),
         "conditions": det,
         "by_voice": {v: {c: f"{n[0]}/{n[1]}" for c, n in cs.items()} for v, cs in sorted(by_voice.items())},
+        "room_by_room": {r: f"{n[0]}/{n[1]}" for r, n in sorted(by_room.items())},
         "false_wakes": false,
         "near_miss_texts": dict(sorted(near_texts.items(), key=lambda kv: -kv[1])),
         "false_in_positive_streams": positive_stream_false,
@@ -850,7 +865,8 @@ def forced_details(report: dict) -> str:
             continue
         lines.append(f"== {name}: min margin {r['min_margin']:g}, min log10p {r['min_log10p']:g}"
                      + (f", ignored {r['ignored']}, proposals by source {r['proposals_by_source']}" if "ignored" in r else ""))
-        lines.append("  heldout: " + " ".join(f"{c} {v['detected']}/{v['total']}" for c, v in r["heldout"].items()))
+        lines.append("  heldout: " + " ".join(f"{c} {v['detected']}/{v['total']}" for c, v in r["heldout"].items())
+                     + "; room condition by room: " + " ".join(f"{k} {v}" for k, v in r.get("room_by_room", {}).items()))
         lines.append(f"  verified per hour: {r['verified_per_hour']}  verify ms {r['verify_ms']}")
         if r.get("near_miss_texts"):
             lines.append(f"  near misses that woke: {r['near_miss_texts']}")
