@@ -312,7 +312,7 @@ def test_unknown_engine_is_a_clear_error() -> None:
         make_wake_engine("snowboy", WakeConfig())
     with pytest.raises(ConfigError, match=r"\[wake\] engine = 'snowboy'; choose one of"):
         load_config(environ={"VIGIL_WAKE__ENGINE": "snowboy"})
-    with pytest.raises(ConfigError, match="porcupine_sensitivity must be within"):
+    with pytest.raises(ConfigError, match=r"porcupine_sensitivity = 1.5 is too large; at most 1"):
         load_config(environ={"VIGIL_WAKE__PORCUPINE_SENSITIVITY": "1.5"})
 
 
