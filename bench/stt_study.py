@@ -4,6 +4,7 @@
     python -m bench.stt_study endpoint                 # Silero vs webrtcvad; end_silence 400/500/700
     python -m bench.stt_study streaming [--rounds N]   # real pipeline, quick corpus, speculative on/off
     python -m bench.stt_study hearing    [--limit N]   # where the request starts x how it is decoded (option table)
+    python -m bench.stt_study alone                    # the model or us? each request synthesized alone, per voice
     python -m bench.stt_study all
 
 Results go to ``bench/out/stt_study/<study>.json`` and ``<study>.md`` (the printed table).
@@ -645,8 +646,9 @@ def start_sample(start: Start, f: dict, g: dict) -> int | None:
 
 
 def study_hearing(quick: bool = False, limit: int | None = None, threads: int = 2, corpus: Path | None = None,
-                  wake_corpus: Path | None = None) -> dict:
-    """Every start rule and decode choice on the same clips, one utterance at a time through every row."""
+                  wake_corpus: Path | None = None, only: list[str] | None = None) -> dict:
+    """Every start rule and decode choice on the same clips, one utterance at a time through every row
+    (``only``: the rows whose label starts with one of these, "chosen" always among them)."""
     from bench.wer import judge
     from core.audio import load_wav
     from engines.stt.whispercpp import WhisperEngine
@@ -658,6 +660,8 @@ def study_hearing(quick: bool = False, limit: int | None = None, threads: int = 
     if limit and limit < len(files):  # evenly spread over both corpora, every voice and condition
         files = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, limit).round().astype(int))]
     rows = hearing_rows()
+    if only:
+        rows = [r for r in rows if r[0] == "chosen" or r[0].startswith(tuple(only))]
     models = {"tiny.en": default_models_dir() / WHISPER.filename, "base": default_models_dir() / WHISPER_BASE.filename}
     if not models["base"].is_file():
         say(f"no {models['base']} (python -m pipeline models --base): the base row is left out")
@@ -746,13 +750,19 @@ def render_hearing(data: dict) -> dict:
                      f" | {s['leaks']} | {s['loops']} / {s['loops_caught']} | {s['decode_ms_p50']:.0f} / "
                      f"{s['decode_ms_p95']:.0f} |")
     chosen = [r for r in results if r["row"] == "chosen"]
-    if chosen:
-        voices = sorted({r["voice"] for r in chosen})
-        lines += ["", "WER of the chosen row per voice:", "",
-                  "| voice | " + " | ".join(groups) + " |", "|---" * (1 + len(groups)) + "|"]
+    for row in ("chosen", "base (multilingual)"):  # per voice: tiny.en as chosen, and base on the same clips
+        sel = [r for r in results if r["row"] == row]
+        if not sel:
+            continue
+        voices = sorted({r["voice"] for r in sel})
+        lines += ["", f"WER of the {row} row per voice (first-word errors / files in the last column):", "",
+                  "| voice | " + " | ".join(groups) + " | first word |", "|---" * (2 + len(groups)) + "|"]
         for v in voices:
-            cells = [_rate([r for r in chosen if r["voice"] == v and _group(r) == g]) for g in groups]
-            lines.append(f"| {v} | " + " | ".join("–" if np.isnan(x) else f"{x:.3f}" for x in cells) + " |")
+            cells = [_rate([r for r in sel if r["voice"] == v and _group(r) == g]) for g in groups]
+            mine = [r for r in sel if r["voice"] == v]
+            lines.append(f"| {v} | " + " | ".join("–" if np.isnan(x) else f"{x:.3f}" for x in cells)
+                         + f" | {sum(not r['first_word_ok'] for r in mine)}/{len(mine)} |")
+    if chosen:
         wrong = Counter((r["ref"], r["hyp"]) for r in chosen if r["errors"])
         lines += ["", "Most frequent errors of the chosen row:", ""]
         lines += [f"- {n}× {ref!r} → {hyp!r}" for (ref, hyp), n in wrong.most_common(15)]
@@ -761,13 +771,65 @@ def render_hearing(data: dict) -> dict:
     return data
 
 
+# --------------------------------------------------------------------------- 5. the request alone: the model or us?
+
+
+def study_alone(threads: int = 2, corpus: Path | None = None) -> dict:
+    """Each clean wake request of the bench corpus spoken again by the same voice *without* the wake phrase
+    (0.3 s of silence around it) and transcribed by tiny.en and base: what the model makes of the voice when
+    nothing of ours (where the request starts, the strip of the wake phrase) is in the way. A voice whose WER
+    stays high here is misheard by the model; one that is fine here and bad in the hearing study's chosen row
+    is cut or leaked by us."""
+    from bench.synth import tts_samples
+    from bench.wer import judge
+    from engines.stt.whispercpp import WhisperEngine
+    from models.provision import WHISPER, WHISPER_BASE, default_models_dir
+
+    files = [r for r in load_manifest(corpus or corpus_dir()) if r["wake"] and r.get("pause_s") is None
+             and (r.get("condition") or "clean") == "clean" and r.get("voice")]
+    models = {m: default_models_dir() / spec.filename for m, spec in (("tiny.en", WHISPER), ("base", WHISPER_BASE))}
+    engines = {m: WhisperEngine(p, n_threads=threads) for m, p in models.items() if p.is_file()}
+    silence = np.zeros(int(0.3 * RATE), np.int16)
+    results = []
+    for k, r in enumerate(files):
+        engine_name, voice, *rate = r["voice"].split(":")
+        audio = np.concatenate([silence, tts_samples(r["transcript"], engine_name, voice,
+                                                     int(rate[0]) if rate else None), silence])
+        for m, engine in engines.items():
+            heard = engine.transcribe(audio)
+            j = judge(r["transcript"], heard)
+            results.append({"model": m, "voice": r["voice"], "ref": r["transcript"], "hyp": heard, "errors": j.errors,
+                            "ref_words": j.ref_words, "first_word_ok": j.first_word_ok})
+        if (k + 1) % 20 == 0:
+            print(f"  {k + 1}/{len(files)} requests", file=sys.stderr, flush=True)
+    voices = sorted({r["voice"] for r in results})
+    lines = [f"The request alone ({len(files)} clean wake requests of the bench corpus, each synthesized again by its "
+             "voice without the wake phrase): WER with Whisper's normaliser, first-word errors.", "",
+             "| voice | " + " | ".join(engines) + " |", "|---" * (1 + len(engines)) + "|"]
+    summary: dict = {}
+    for v in [*voices, "all"]:
+        cells = []
+        for m in engines:
+            sel = [r for r in results if r["model"] == m and v in ("all", r["voice"])]
+            s = {"wer": _rate(sel), "first_word_errors": sum(not r["first_word_ok"] for r in sel), "files": len(sel)}
+            summary.setdefault(m, {})[v] = s
+            cells.append(f"{s['wer']:.3f} ({s['first_word_errors']}/{s['files']})")
+        lines.append(f"| {'**all**' if v == 'all' else v} | " + " | ".join(cells) + " |")
+    wrong = Counter((r["voice"], r["ref"], r["hyp"]) for r in results if r["errors"] and r["model"] == "tiny.en")
+    lines += ["", "tiny.en's errors:", ""] + [f"- {v}: {ref!r} → {hyp!r}" for (v, ref, hyp), _n in wrong.most_common()]
+    data = {"threads": threads, "n_files": len(files), "summary": summary, "results": results}
+    save("alone", data, "\n".join(lines))
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stt_study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=["wer", "endpoint", "streaming", "hearing", "all"])
+    parser.add_argument("study", choices=["wer", "endpoint", "streaming", "hearing", "alone", "all"])
     parser.add_argument("--quick", action="store_true", help="hearing: the quick corpora")
-    parser.add_argument("--corpus", type=Path, help="hearing: a bench corpus folder (default: build the default one)")
+    parser.add_argument("--corpus", type=Path, help="hearing, alone: a bench corpus folder (default: build the default one)")
     parser.add_argument("--wake-corpus", type=Path, help="hearing: a wake corpus folder (default: build it)")
     parser.add_argument("--limit", type=int, help="wer: only the first N wake utterances; hearing: N spread over the files")
+    parser.add_argument("--rows", nargs="*", help="hearing: only the rows whose label starts so (\"chosen\" always)")
     parser.add_argument("--resummarize", action="store_true", help="wer, streaming: redo the tables from the saved JSON")
     parser.add_argument("--threads", type=int, default=2, help="wer: whisper threads (default 2, as [stt] threads)")
     parser.add_argument("--rounds", type=int, default=2, help="streaming: on/off alternations (default 2)")
@@ -781,7 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.study in ("hearing", "all") and args.resummarize:
         render_hearing(json.loads((OUT / "hearing.json").read_text()))
     elif args.study in ("hearing", "all"):
-        study_hearing(args.quick, args.limit, args.threads, args.corpus, args.wake_corpus)
+        study_hearing(args.quick, args.limit, args.threads, args.corpus, args.wake_corpus, args.rows)
+    if args.study in ("alone", "all"):
+        study_alone(args.threads, args.corpus)
     if args.study in ("streaming", "all") and args.resummarize:
         data = json.loads((OUT / "streaming.json").read_text())
         data.setdefault("n_files", 12)
