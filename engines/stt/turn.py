@@ -71,31 +71,45 @@ class SmartTurn:
 
 
 # Words a request does not end on: prepositions, articles, conjunctions, pronoun objects of an
-# unfinished verb, "what's the", "set a", "turn on". A request that really ends on one ("what is it
-# for") waits longer, never loses words.
+# unfinished verb, "what's the", "set a", "turn on", a subject before its verb ("how do I"). A request
+# that really ends on one ("what is it for") waits longer, never loses words.
 OPEN_WORDS = frozenset("""
 a an the this that these those my your our their his her its some any every each no
 for of to in on at by with from into onto about over under after before than as like until
 and or but so because if then while plus
-me us him them you
-is are was were be been being am do does did can could will would should may might must shall
-what's whats what where when who whom whose which how why
+me us him them you i we they he she
+is are was were be been being am do does did can could would will should may might must shall
+what's whats what where when why how which whose whom
 please set turn tell give show play call remind make put start stop add find
 it's i'm i'd i'll let's
 """.split())
+QUESTION_WORDS = frozenset("who what where when why how which whose whom".split())
+SUBJECTS = frozenset("i you we they he she it".split())
+MODALS = frozenset("can could would will should shall may might must do does did".split())
 _WORD = re.compile(r"[a-z']+")
 _TRAILING_OFF = re.compile(r"(\.\.\.|…|-|—|,)\s*$")
+_NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)")  # whisper's "[BLANK_AUDIO]", "(music)": no words at all
 
 
 def open_ending(text: str) -> bool:
-    """True when the transcript cannot be a finished request: empty, trailing off, or an open last word."""
-    stripped = text.strip()
-    if not stripped:
-        return True
-    if _TRAILING_OFF.search(stripped):
+    """True when the transcript cannot be a finished request: empty (or only whisper's non-speech tags),
+    trailing off, a question word and at most one more word ("who wrote", "how many": a request is longer),
+    or an open last word — except a main verb "do" after its subject ("what can you do") and "you" that no
+    modal asks a verb of ("thank you", "how are you"; "can you" stays open)."""
+    stripped = _NON_SPEECH.sub(" ", text).strip()
+    if not stripped or _TRAILING_OFF.search(stripped):
         return True
     words = _WORD.findall(stripped.lower().replace("’", "'"))
-    return not words or words[-1] in OPEN_WORDS
+    if not words:
+        return True
+    if words[0] in QUESTION_WORDS and len(words) <= 2:
+        return True
+    last, before = words[-1], (words[-2] if len(words) > 1 else "")
+    if last in ("do", "does", "did") and before in SUBJECTS:
+        return False
+    if last == "you" and before not in MODALS:
+        return False
+    return last in OPEN_WORDS
 
 
 @dataclass(frozen=True)

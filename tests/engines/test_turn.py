@@ -15,13 +15,15 @@ RATE = 16_000
 
 
 @pytest.mark.parametrize("text", ["What time is it?", "Set a timer for 5 minutes.", "What is the capital of France?",
-                                  "How many legs does a spider have"])
+                                  "How many legs does a spider have", "What can you do?", "Thank you.",
+                                  "How are you?", "Who wrote Hamlet?"])
 def test_finished_requests_read_complete(text):
     assert not open_ending(text)
 
 
 @pytest.mark.parametrize("text", ["Set a timer for", "What is the capital of", "Please turn off the",
-                                  "Tell me about...", "Remind me to call my", "", "   ", "What's the weather and"])
+                                  "Tell me about...", "Remind me to call my", "", "   ", "What's the weather and",
+                                  "[BLANK_AUDIO]", "(music)", "How do I", "Can you", "Who wrote", "How many"])
 def test_unfinished_requests_read_open(text):
     assert open_ending(text)
 
