@@ -157,7 +157,7 @@ def validate_ggml(path: Path) -> None:
                     raise bad(f"truncated: tensor {name!r} needs {pos - size} more bytes than the file has "
                               f"({size} bytes)")
                 seen.add(name)
-        except struct.error:
+        except (struct.error, OverflowError):
             raise bad(f"truncated ({size} bytes) before the end of the header or tensor table") from None
         missing = expected - seen
         if missing:
@@ -227,11 +227,13 @@ def validate_gguf(path: Path) -> None:
             for _ in range(n_tensors):
                 name = read_str()
                 (n_dims,) = struct.unpack_from("<I", mm, pos)
+                if n_dims > 4:  # GGML_MAX_DIMS
+                    raise bad(f"tensor {name!r} has {n_dims} dimensions (at most 4)")
                 dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
                 ttype, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
                 pos += 4 + 8 * n_dims + 12
                 tensors.append((name, dims, ttype, offset))
-        except struct.error:
+        except (struct.error, OverflowError):  # a length or count that points past the file
             raise bad(f"truncated ({size} bytes) inside the header") from None
         data_start = -(-pos // alignment) * alignment
         for name, dims, ttype, offset in tensors:

@@ -33,6 +33,7 @@ import typing
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import psutil
@@ -636,13 +637,24 @@ def ggml_layout(data: bytes) -> GgmlLayout:
     return GgmlLayout(hp, n_mel, n_fft, tok_lens, tok_texts, heads, datas, len(data))
 
 
+class ModelCopy(NamedTuple):
+    """A model file's private copy, its bytes and layout; printed by name only (a failing example
+    would otherwise print the whole 100 MB file)."""
+    path: Path
+    data: bytes
+    layout: Any
+
+    def __repr__(self) -> str:
+        return f"ModelCopy({self.path.name}, {len(self.data)} bytes)"
+
+
 @pytest.fixture(scope="module")
 def ggml_copy(models, tmp_path_factory):
     """A private copy of the real ggml model (flipped in place and restored) and its layout."""
     path = tmp_path_factory.mktemp("ggml") / "ggml-tiny.en.bin"
     shutil.copyfile(models.whisper, path)
     data = path.read_bytes()
-    return path, data, ggml_layout(data)
+    return ModelCopy(path, data, ggml_layout(data))
 
 
 @contextmanager
@@ -760,7 +772,7 @@ def gguf_copy(models, tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "model.gguf"
     shutil.copyfile(models.llm, path)
     data = path.read_bytes()
-    return path, data, gguf_data_end(data)
+    return ModelCopy(path, data, gguf_data_end(data))
 
 
 def gguf_data_end(data: bytes) -> int:
@@ -819,6 +831,13 @@ def test_truncated_gguf_is_refused(gguf_copy, tmp_path, data):
     p = tmp_path / "cut.gguf"
     p.write_bytes(original[:cut])
     assert validate_outcome(validate_gguf, p) == "refused"
+
+
+@pytest.mark.parametrize("offset", [382])
+def test_a_gguf_length_past_any_file_is_refused(gguf_copy, offset):
+    """A length that points far past the file (found by the fuzz below: an OverflowError, not a ModelError)."""
+    with flipped(gguf_copy.path, offset, b"\x00\x00\x09"):
+        assert validate_outcome(validate_gguf, gguf_copy.path) == "refused"
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
