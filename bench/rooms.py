@@ -36,7 +36,9 @@ are computed once per process (a few hundred ms each) and are the same on every 
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -64,11 +66,30 @@ ROOMS: tuple[Room, ...] = (
 )
 
 
+def pyroomacoustics() -> ModuleType:
+    """``pyroomacoustics``, imported without ``sounddevice``.
+
+    Why: pyroomacoustics imports sounddevice (for a recognition demo we never use), and importing
+    sounddevice initialises PortAudio once for the whole process. PyAudio in the same process then
+    shares that initialisation and sees the devices of that moment for ever: a virtual or real
+    microphone that appears later is never listed (the capture tests failed after the room tests).
+    """
+    if "sounddevice" in sys.modules or "pyroomacoustics" in sys.modules:
+        import pyroomacoustics as pra
+        return pra
+    sys.modules["sounddevice"] = None  # type: ignore[assignment]  # its import now raises ImportError
+    try:
+        import pyroomacoustics as pra
+    finally:
+        del sys.modules["sounddevice"]
+    return pra
+
+
 @functools.lru_cache(maxsize=None)
 def impulse_response(room: Room) -> np.ndarray:
     """The room's impulse response from the talker to the microphone (float64, 16 kHz), its direct-path
     tap at index 0 and unit peak."""
-    import pyroomacoustics as pra
+    pra = pyroomacoustics()
 
     absorption, max_order = pra.inverse_sabine(room.sabine_rt60_s, room.size_m)
     shoebox = pra.ShoeBox(list(room.size_m), fs=SAMPLE_RATE, materials=pra.Material(absorption),

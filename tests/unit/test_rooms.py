@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.rooms import ROOMS, impulse_response, in_room, room_for
+from bench.rooms import ROOMS, impulse_response, in_room, pyroomacoustics, room_for
 from bench.synth import pink_noise
 
 
 @pytest.mark.parametrize("room", ROOMS, ids=lambda r: r.name)
 def test_each_room_reverberates_as_documented(room):
-    import pyroomacoustics as pra
+    pra = pyroomacoustics()
 
     h = impulse_response(room)
     assert int(np.argmax(np.abs(h))) <= 3 and np.abs(h).max() == pytest.approx(1.0)  # the direct sound first
@@ -38,3 +38,12 @@ def test_in_room_keeps_length_loudness_and_timing():
     silence = np.zeros(800, dtype=np.int16)
     assert not np.any(in_room(silence, 0))
     assert in_room(pink_noise(0.5, seed=1), 1).shape == (8000,)
+
+
+def test_the_room_simulator_leaves_portaudio_alone():
+    """Imported our way, pyroomacoustics does not pull in sounddevice, whose import would freeze
+    PortAudio's device list for every later PyAudio in this process."""
+    import sys
+
+    pyroomacoustics()
+    assert "sounddevice" not in sys.modules
