@@ -71,8 +71,9 @@ Floor — each engine's isolated compute per wake utterance
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,7 @@ def run_baseline(utterances: Sequence[Any], models: Any, config: Config, *, prog
         try:
             out.append(_baseline_one(utt, new_detector(), endpointer, stt, llm, config,
                                      preroll_frames, speaker_id))
-        except Exception as exc:  # noqa: BLE001 - a bad utterance must not stop the bench
+        except Exception as exc:  # a bad utterance must not stop the bench
             out.append(_error(utt, exc))
     return out
 
@@ -341,6 +342,6 @@ def run_floor(utterances: Sequence[Any], models: Any, config: Config, *, progres
                         "transcript": text, "prompt": prompt,
                         "stt_window": "file_start" if wake_s is None else "wake",
                         "stt_audio_s": [round(begin_s, 3), round(end_s, 3)]})
-        except Exception as exc:  # noqa: BLE001 - a bad utterance must not stop the bench
+        except Exception as exc:  # a bad utterance must not stop the bench
             out.append(_error(utt, exc))
     return out

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from pipeline.latency import SPANS, finite, percentiles
 
@@ -200,8 +201,8 @@ def _endpoint_section(report: dict) -> list[str]:
         out += ["Trade-off (estimated from this run's turn-model scores): a higher `turn_threshold` makes complete "
                 "requests wait; the hesitation set's open endings wait whatever the threshold.", ""]
         out += table(["turn_threshold", "SE→FT p50", "p95", "requests that wait", "n"],
-                     [[fmt(c.get("threshold"), 2), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")), fmt_int(c.get("waiting")),
-                       fmt_int(c.get("n"))] for c in curve]) + [""]
+                     [[fmt(c.get("threshold"), 2), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")),
+                       fmt_int(c.get("waiting")), fmt_int(c.get("n"))] for c in curve]) + [""]
     return out + _tail_section(report)
 
 
@@ -332,12 +333,15 @@ def _stt_speaker_section(report: dict) -> list[str]:
              + (f" ({speaker['note']})" if speaker.get("note") and finite(speaker.get("accuracy")) is None else "")],
             ["enrolled voices identified", fmt_pct(speaker.get("enrolled_identified"))],
             ["strangers called unknown", fmt_pct(speaker.get("strangers_rejected"))]]
-    rows[2:2] = [["first word not heard (files)", f"{fmt_int(stt.get('first_word_errors'))} / {fmt_int(stt.get('files'))}"],
-                 ["wake-phrase leaks (files)", fmt_int(stt.get("leaks"))], ["repetition loops", fmt_int(stt.get("loops"))]]
+    first_word_errors = f"{fmt_int(stt.get('first_word_errors'))} / {fmt_int(stt.get('files'))}"
+    rows[2:2] = [["first word not heard (files)", first_word_errors],
+                 ["wake-phrase leaks (files)", fmt_int(stt.get("leaks"))],
+                 ["repetition loops", fmt_int(stt.get("loops"))]]
     return (["## Transcription and speaker ID", "",
              "WER with Whisper's English normaliser (numbers, contractions, punctuation, case); first word = the "
              "transcript starts with the request's first word; leak = words before it (\"This, set a timer\"); "
-             f"speaker figures by the voices enrolled in this run ({', '.join(_list(speaker.get('enrolled'))) or 'n/a'}).",
+             "speaker figures by the voices enrolled in this run "
+             f"({', '.join(_list(speaker.get('enrolled'))) or 'n/a'}).",
              ""] + table(["", "value"], rows) + [""] + _hearing_by_condition(report) + _stt_by_voice(stt))
 
 
@@ -364,7 +368,8 @@ def _stt_by_voice(stt: dict) -> list[str]:
              f"{fmt_int(_dict(x).get('files'))}", fmt_int(_dict(x).get("loops"))] for v, x in voices.items()]
     errors = [f"- {fmt_int(_dict(e).get('count'))}× \"{_dict(e).get('ref')}\" → \"{_dict(e).get('heard')}\""
               for e in _list(stt.get("top_errors"))]
-    out = (["### WER per voice", ""] + table(["voice", "WER", "first word not heard", "loops"], rows) + [""]) if rows else []
+    out = (["### WER per voice", ""] + table(["voice", "WER", "first word not heard", "loops"], rows) + [""]
+           if rows else [])
     return out + (["Most frequent wrong transcripts:", ""] + errors + [""] if errors else [])
 
 
@@ -573,7 +578,8 @@ def plot_cdf(utterances: list[dict], path: Path) -> bool:
             ys = np.arange(1, xs.size + 1) / xs.size
             p95 = float(np.percentile(xs, 95))
             ax.step(np.concatenate([[xs[0]], xs]), np.concatenate([[0.0], ys]), where="post", color=color,
-                    linestyle=style, linewidth=2, label=f"{label}: p50 {np.median(xs):.0f}, p95 {p95:.0f} ms, n={xs.size}")
+                    linestyle=style, linewidth=2,
+                    label=f"{label}: p50 {np.median(xs):.0f}, p95 {p95:.0f} ms, n={xs.size}")
         if not vigil and not base:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
         if span == HEADLINE:
@@ -668,7 +674,8 @@ def plot_idle(idle: Any, path: Path) -> bool:
             pts = [(t, v) for t, v in pts if v is not None]
             if pts:
                 ax.plot(*zip(*pts), color=color, linewidth=1.5, label=w, marker="." if len(pts) < 60 else None)
-    totals = [(finite(s["t"]) / scale, sum(v for v in (finite(x) for x in _dict(s.get("cpu")).values()) if v is not None))
+    totals = [(finite(s["t"]) / scale,
+               sum(v for v in (finite(x) for x in _dict(s.get("cpu")).values()) if v is not None))
               for s in samples if _dict(s.get("cpu"))]
     if totals:
         ax_cpu.plot(*zip(*totals), color="black", linestyle="--", linewidth=1.2, label="total")

@@ -210,7 +210,8 @@ def measure_wake(config: Config, run_dir: Path, quick: bool, progress: bool) -> 
     short = {"openwakeword": "oww"}.get(w.engine, w.engine)
     if w.verify and w.verify != "off":
         stages = ("+onset" if w.onset else "") + ("+forced" if w.verify == "forced" else "+verify")
-        default = f"{short}@{w.proposal_threshold:g}{stages}" + (f"+sure{w.sure_threshold:g}" if w.sure_threshold < 1 else "")
+        sure = f"+sure{w.sure_threshold:g}" if w.sure_threshold < 1 else ""
+        default = f"{short}@{w.proposal_threshold:g}{stages}{sure}"
     else:
         default = f"{short}@{w.threshold:g}" if short == "oww" else short
     configs = list(QUICK_CONFIGS if quick else DEFAULT_CONFIGS)
@@ -264,13 +265,15 @@ def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: l
         "run": run,
         "corpus": str(corpus_dir),
         "passes": passes,
-        "config": {section: dataclasses.asdict(getattr(config, section)) for section in ("wake", "stt", "llm", "bench")},
+        "config": {section: dataclasses.asdict(getattr(config, section))
+                   for section in ("wake", "stt", "llm", "bench")},
         "spans_ms": vigil_spans,
         "spans_ms_by_route": {route: span_percentiles(records, route=route) for route in ("llm", "skill")},
         "stages_ms": stage_percentiles(records, "vigil", STAGES),
         "baseline": {"spans_ms": base_spans, "stages_ms": stage_percentiles(unique_baseline, "baseline", STAGES),
                      "end_silence_ms": config.bench.baseline_end_silence_ms},
-        "ratio_baseline_over_vigil": {p: _ratio(base_spans[headline], vigil_spans[headline], p) for p in ("p50", "p95")},
+        "ratio_baseline_over_vigil": {p: _ratio(base_spans[headline], vigil_spans[headline], p)
+                                      for p in ("p50", "p95")},
         "floor_ms": {k: percentiles(floors)[k] for k in ("p50", "p95")},
         "overhead_ms": {k: percentiles(overheads)[k] for k in ("p50", "p95")},
         "budget": {"budget_ms": config.bench.budget_ms, "p95_ms": budget_p95,
@@ -348,7 +351,8 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     from models.provision import ensure_models
 
     models = ensure_models(Path(config.models.dir), progress=progress)
-    corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick, progress=progress).parent
+    corpus_dir = corpus or build_default_corpus(default_corpus_dir(config, quick), quick=quick,
+                                                progress=progress).parent
     utterances = load_corpus(corpus_dir)
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run
@@ -367,7 +371,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     if wake_eval:
         try:
             wake_detail = measure_wake(config, run_dir, quick, progress)
-        except Exception as exc:  # noqa: BLE001 - the rest of the bench still counts; the reason is reported
+        except Exception as exc:  # the rest of the bench still counts; the reason is reported
             wake_detail = {"eval_error": f"{type(exc).__name__}: {exc}"}
     other_modes = {}
     if endpoint_modes:
@@ -375,12 +379,13 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
             try:
                 other_modes[mode] = measure_endpoint_mode(utterances, run_dir, mode, progress,
                                                           voices=("piper",) if quick else ENDPOINT_VOICES)
-            except Exception as exc:  # noqa: BLE001 - the rest of the bench still counts; the reason is reported
+            except Exception as exc:  # the rest of the bench still counts; the reason is reported
                 other_modes[mode] = []
                 print(f"endpoint mode {mode} not measured: {exc}")
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
     # speaker figures by what this run enrolled (a held-out --corpus names its speakers its own way)
-    report["speaker"] = {**speaker_summary(records, enrolled), "by_condition": speaker_by(records, enrolled, "condition")}
+    report["speaker"] = {**speaker_summary(records, enrolled),
+                         "by_condition": speaker_by(records, enrolled, "condition")}
     report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"])
     report["tail"] = {"continuous": stage_split(records),
                       **{f"endpoint_{mode}": stage_split(recs) for mode, recs in other_modes.items()}}
