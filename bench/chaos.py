@@ -41,9 +41,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -133,7 +134,7 @@ def ring_stats(owner_pid: int) -> dict[str, dict[str, int]]:
         for cls in (MessageRing, AudioRing):
             try:
                 ring = cls.attach(name)
-            except Exception:  # noqa: BLE001 - not this kind of ring (or the heartbeat table)
+            except Exception:  # not this kind of ring (or the heartbeat table)
                 continue
             try:
                 if cls is MessageRing:
@@ -649,7 +650,8 @@ def run_chaos(minutes: float = 10.0, seed: int = 0, out: Path = Path("bench/out/
     report.update({
         "chaos_s": round(chaos_end - chaos_start, 1),
         "faults": [asdict(f) | {"t": round(f.t - chaos_start, 3),
-                                "restored_at": f.restored_at and round(f.restored_at - chaos_start, 3)} for f in faults],
+                                "restored_at": f.restored_at and round(f.restored_at - chaos_start, 3)}
+                   for f in faults],
         "per_worker": per_worker,
         "kills": sum(f.kind == "kill" for f in worker_faults), "stops": sum(f.kind == "stop" for f in worker_faults),
         "recoveries": len(recovered), "unplanned": unplanned,

@@ -35,8 +35,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 SINK = "vsink"
 _ENV_KEYS = ("XDG_RUNTIME_DIR", "PULSE_CLIENTCONFIG", "PULSE_SERVER", "PULSE_COOKIE")
@@ -71,7 +71,7 @@ class VirtualMic:
         self.log_path: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "VirtualMic":
+    def __enter__(self) -> VirtualMic:
         self.start()
         return self
 
@@ -232,12 +232,13 @@ class VirtualMic:
         if wait:
             try:
                 _, err = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 _stop(proc)
-                raise PulseError(f"paplay {wav_path} did not finish in {timeout_s} s")
+                raise PulseError(f"paplay {wav_path} did not finish in {timeout_s} s") from exc
             self._players.remove(proc)
             if proc.returncode != 0:
-                raise PulseError(f"paplay {wav_path} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+                raise PulseError(f"paplay {wav_path} failed ({proc.returncode}): "
+                                 f"{err.decode(errors='replace').strip()}")
         return proc
 
     def stop_players(self) -> None:

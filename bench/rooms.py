@@ -85,7 +85,7 @@ def pyroomacoustics() -> ModuleType:
     return pra
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def impulse_response(room: Room) -> np.ndarray:
     """The room's impulse response from the talker to the microphone (float64, 16 kHz), its direct-path
     tap at index 0 and unit peak."""

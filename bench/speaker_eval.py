@@ -246,7 +246,8 @@ def _print_quality(q: dict) -> None:
     print(f"  {'threshold':>10s} {'id accuracy':>12s} {'strangers rejected':>19s} {'variant taken for base':>23s}")
     for key in ("at_config_threshold", "at_eer_threshold"):
         r = q[key]
-        print(f"  {r['threshold']:10.3f} {r['identification_accuracy'] * 100:11.1f}% {r['stranger_rejected'] * 100:18.1f}% "
+        print(f"  {r['threshold']:10.3f} {r['identification_accuracy'] * 100:11.1f}% "
+              f"{r['stranger_rejected'] * 100:18.1f}% "
               f"{r.get('variant_taken_for_enrolled_base', float('nan')) * 100:22.1f}%")
 
 

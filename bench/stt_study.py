@@ -138,7 +138,8 @@ def study_wer(limit: int | None, threads: int) -> dict:
             ms = (time.perf_counter() - t) * 1000
             errors, n_ref = word_errors(row["transcript"], text)
             results.append({"wav": row["wav"], "voice": row["speaker"], "model": key[0], "beam": key[1],
-                            "ref": row["transcript"], "hyp": text, "wake_frame": wake[row["wav"]], "errors": errors, "ref_words": n_ref,
+                            "ref": row["transcript"], "hyp": text, "wake_frame": wake[row["wav"]],
+                            "errors": errors, "ref_words": n_ref,
                             "decode_ms": round(ms, 1), "audio_s": round(len(clip) / RATE, 3)})
         print(f"\r  {i + 1}/{len(rows)} utterances", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -251,7 +252,7 @@ def build_clips(rows: list[dict], noise_snr_db: float | None, pauses_ms: tuple[i
     for r in rows:
         clips.append(Clip(r["wav"], audio[r["wav"]], r["speech_end_s"], r["speaker"], "natural"))
     for k, pause in enumerate(pauses_ms):
-        for j, a in enumerate(rows[k::max(1, len(pauses_ms))][:16]):
+        for a in rows[k::max(1, len(pauses_ms))][:16]:
             b = rows[(rows.index(a) + 7) % len(rows)]
             head = audio[a["wav"]][: int(a["speech_end_s"] * RATE)]
             tail = audio[b["wav"]][int(b["speech_start_s"] * RATE): int(b["speech_end_s"] * RATE)]
@@ -378,8 +379,8 @@ def study_endpoint(silences=(400, 500, 700), pauses_ms=(250, 350, 450, 600)) -> 
     kinds = list(summary[0]["false_early_by_kind"])
     lines = ["Endpointing (full corpus wake files + hesitation clips \"request A <pause> request B\"; "
              "false early end = detected end > 150 ms before the true end)", "",
-             "| condition | engine | end silence | |err| p50 ms | |err| p95 ms | signed p50 | fires after end p50/p95 ms"
-             " | missed | " + " | ".join(f"early {k}" for k in kinds) + " |",
+             "| condition | engine | end silence | |err| p50 ms | |err| p95 ms | signed p50 "
+             "| fires after end p50/p95 ms | missed | " + " | ".join(f"early {k}" for k in kinds) + " |",
              "|---" * (8 + len(kinds)) + "|"]
     for s in summary:
         lines.append(f"| {s['condition']} | {s['engine']} | {s['end_silence_ms']} | {s['end_err_ms_p50']:.0f} | "
@@ -434,7 +435,8 @@ def study_streaming(rounds: int = 2) -> dict:
                         c[key].append(lat[name])
     runs = {}
     for label, c in collected.items():
-        runs[label] = {"returncodes": c["returncodes"], "responses": len(c["se_tr"]), "load_avg_at_start": c["load_avg"],
+        runs[label] = {"returncodes": c["returncodes"], "responses": len(c["se_tr"]),
+                       "load_avg_at_start": c["load_avg"],
                        "speech_end_to_transcript_ms": {"p50": pct(c["se_tr"], 50), "p95": pct(c["se_tr"], 95),
                                                        "n": len(c["se_tr"]), "values": c["se_tr"]},
                        "speech_end_to_first_token_ms": {"p50": pct(c["se_ft"], 50), "p95": pct(c["se_ft"], 95),
@@ -462,7 +464,8 @@ def render_streaming(data: dict) -> dict:
     return data
 
 
-# --------------------------------------------------------------------------- 4. hearing: where the request starts, how it is decoded
+# --------------------------------------------------------------------------- 4. hearing
+# where the request starts, how it is decoded
 
 
 @dataclass(frozen=True)
@@ -489,7 +492,8 @@ class Start:
         if self.rule == "verified":
             return f"aligned end {self.offset_s * 1000:+.0f} ms when verified, sure wake: pre-roll 0.30 s"
         if self.rule in ("whole", "pipeline"):
-            return {"whole": "whole utterance, wake phrase stripped", "pipeline": "before: pre-roll / aligned"}[self.rule]
+            return {"whole": "whole utterance, wake phrase stripped",
+                    "pipeline": "before: pre-roll / aligned"}[self.rule]
         name = {"preroll": "pre-roll", "aligned": "aligned end", "truth": "true end (oracle)"}[self.rule]
         return f"{name} {self.offset_s * 1000:+.0f} ms" if self.rule != "preroll" else f"{name} {self.offset_s:.2f} s"
 
@@ -630,7 +634,9 @@ def start_sample(start: Start, f: dict, g: dict) -> int | None:
     if start.rule == "truth":
         return None if f.get("wake_end_s") is None else int((f["wake_end_s"] + start.offset_s) * RATE)
     if start.rule == "preroll":
-        return None if oww_end is None else max(0, oww_end - int(round(start.offset_s * RATE / WAKE_FRAME)) * WAKE_FRAME)
+        if oww_end is None:
+            return None
+        return max(0, oww_end - int(round(start.offset_s * RATE / WAKE_FRAME)) * WAKE_FRAME)
     if start.rule == "aligned":
         return None if g.get("phrase_end") is None else max(0, g["phrase_end"] + int(start.offset_s * RATE))
     if (start.rule == "verified" and not g["sure"] or start.rule == "worker") and g.get("phrase_end") is not None:
@@ -826,11 +832,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stt_study", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", choices=["wer", "endpoint", "streaming", "hearing", "alone", "all"])
     parser.add_argument("--quick", action="store_true", help="hearing: the quick corpora")
-    parser.add_argument("--corpus", type=Path, help="hearing, alone: a bench corpus folder (default: build the default one)")
+    parser.add_argument("--corpus", type=Path,
+                        help="hearing, alone: a bench corpus folder (default: build the default one)")
     parser.add_argument("--wake-corpus", type=Path, help="hearing: a wake corpus folder (default: build it)")
-    parser.add_argument("--limit", type=int, help="wer: only the first N wake utterances; hearing: N spread over the files")
+    parser.add_argument("--limit", type=int,
+                        help="wer: only the first N wake utterances; hearing: N spread over the files")
     parser.add_argument("--rows", nargs="*", help="hearing: only the rows whose label starts so (\"chosen\" always)")
-    parser.add_argument("--resummarize", action="store_true", help="wer, streaming: redo the tables from the saved JSON")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="wer, streaming: redo the tables from the saved JSON")
     parser.add_argument("--threads", type=int, default=2, help="wer: whisper threads (default 2, as [stt] threads)")
     parser.add_argument("--rounds", type=int, default=2, help="streaming: on/off alternations (default 2)")
     args = parser.parse_args(argv)

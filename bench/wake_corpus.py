@@ -253,7 +253,8 @@ def _make_all(out: Path, items: list[WakeItem], quick: bool, progress: bool) -> 
 
 def babble(seconds: float, sources: dict[WakeVoice, list[np.ndarray]], seed: int, exclude: str = "",
            talkers: int = 4) -> np.ndarray:
-    """``talkers`` voices (not ``exclude``) talking at once for ``seconds``: their sentences summed with random offsets."""
+    """``talkers`` voices (not ``exclude``) talking at once for ``seconds``: their sentences summed with random
+    offsets."""
     rng = np.random.default_rng(seed)
     n = int(round(seconds * SAMPLE_RATE))
     pool = [v for v in sorted(sources, key=lambda v: v.id) if v.id != exclude] or list(sources)

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     parser = argparse.ArgumentParser(prog="python -m bench.wake_measure", description=__doc__.split("\n\n")[0])
-    parser.add_argument("engines", nargs="*", metavar="ENGINE", help=f"engines to measure (default all: {' '.join(ENGINES)})")
+    parser.add_argument("engines", nargs="*", metavar="ENGINE",
+                        help=f"engines to measure (default all: {' '.join(ENGINES)})")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process of one engine
     args = parser.parse_args(argv)

@@ -19,8 +19,8 @@ Per file, beside the word errors:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import jiwer
 from whisper_normalizer.english import EnglishTextNormalizer

@@ -36,7 +36,8 @@ class WorkerRig:
         pid = os.getpid()
         hb_name = segment_name(pid, "spk.hb")
         self.hb = HeartbeatTable.create(hb_name, 1)
-        self.audio = AudioRing.create(sample_rate=SAMPLE_RATE, name=segment_name(pid, "spk.audio"), frame_samples=1280, capacity=375, max_readers=2)
+        self.audio = AudioRing.create(sample_rate=SAMPLE_RATE, name=segment_name(pid, "spk.audio"),
+                                      frame_samples=1280, capacity=375, max_readers=2)
         self.inbox = MessageRing.create(segment_name(pid, "spk.in"), slots=16, slot_size=1024,
                                         policy=Policy.DROP_OLDEST)
         self.outbox = MessageRing.create(segment_name(pid, "spk.out"), slots=16, slot_size=1024,
