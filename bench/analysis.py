@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from bench.replay import Placement
 from core.events import Event, InputStartedEvent
 from pipeline.latency import percentiles
 
 HEADLINE_SPANS = ("speech_end_to_first_token", "wake_to_first_token", "speech_end_to_transcript",
                   "transcript_to_first_token", "wake_to_speech_end")
+# the baseline's stages (bench/baseline.py) -> the replay's span of the same compute
+STAGES = {"stt": "stt_compute", "llm_first_token": "llm_first_token_compute"}
 
 
 def input_t0_ns(events: list[Event]) -> int:
@@ -145,6 +149,61 @@ def wake_by_condition(records: list[dict]) -> dict[str, dict]:
     for c in out.values():
         c["rate"] = round(c["detected"] / c["total"], 4)
     return out
+
+
+# ---- the sequential baseline and the compute floor beside the replay, by file -------------------------------
+
+
+def join_baseline(records: list[dict], baseline: list[dict]) -> None:
+    """Each record's ``baseline``: the sequential script's spans and stages on the same file (by wav)."""
+    by_wav = {b["wav"]: b for b in baseline}
+    for record in records:
+        b = by_wav.get(record["wav"], {})
+        record["baseline"] = {**b.get("spans_ms", {}),
+                              **{STAGES[k]: v for k, v in b.get("stages_ms", {}).items() if k in STAGES}}
+
+
+def baseline_rows(records: list[dict]) -> list[dict]:
+    """One row per corpus file (after ``join_baseline``): the baseline ran each file once, however many
+    passes the replay made, so its percentiles are taken over these."""
+    return [{"wake_expected": r["wake_expected"], "baseline": r.get("baseline", {})}
+            for r in {r["wav"]: r for r in records}.values()]
+
+
+def speedup(base: dict, ours: dict, key: str) -> float | None:
+    """base[key] / ours[key] (e.g. the baseline's p50 over Vigil's), None when either is missing."""
+    b, v = base.get(key), ours.get(key)
+    if not b or not v or np.isnan(b) or np.isnan(v) or v <= 0:
+        return None
+    return round(b / v, 2)
+
+
+def join_floor(records: list[dict], floor: list[dict]) -> None:
+    """Each record's ``floor``: the engines' isolated compute on the same file (by wav)."""
+    by_wav = {f["wav"]: f for f in floor}
+    for record in records:
+        f = by_wav.get(record["wav"], {})
+        record["floor"] = {k: f[k] for k in ("stt_ms", "llm_first_token_ms") if k in f}
+
+
+def floor_figures(records: list[dict]) -> dict:
+    """After ``join_floor``: the floor (STT + first token, each alone) and Vigil's overhead over it on
+    speech end -> first token, p50/p95."""
+    floors, overheads = [], []
+    for r in records:
+        f = r.get("floor", {})
+        if "stt_ms" in f and "llm_first_token_ms" in f:
+            floors.append(f["stt_ms"] + f["llm_first_token_ms"])
+            if HEADLINE_SPANS[0] in r["vigil"]:
+                overheads.append(r["vigil"][HEADLINE_SPANS[0]] - floors[-1])
+    return {"floor_ms": {k: percentiles(floors)[k] for k in ("p50", "p95")},
+            "overhead_ms": {k: percentiles(overheads)[k] for k in ("p50", "p95")}}
+
+
+def budget_p95_ms(records: list[dict]) -> float:
+    """p95 of wake -> first token minus the request's own speech: what the latency budget bounds."""
+    return percentiles([r["vigil"]["wake_to_first_token"] - max(0.0, r["vigil"]["request_speech"]) for r in records
+                        if "wake_to_first_token" in r["vigil"] and "request_speech" in r["vigil"]])["p95"]
 
 
 # ---- endpointing: complete requests and the hesitation set, per endpoint mode -------------------------------

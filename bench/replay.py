@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from bench.resources import ResourceSampler
 from bench.synth import write_wav16
@@ -52,6 +53,17 @@ def build_replay(utterances, path: Path, passes: int, gap_s: float, lead_s: floa
             cursor += len(audio[i]) + len(gap)
     write_wav16(path, np.concatenate(parts))
     return placements
+
+
+def progress_bar(total_s: float, desc: str, enabled: bool) -> tuple[tqdm, Callable[[float], None]]:
+    """A seconds bar for a replay of about ``total_s`` and the ``on_tick`` for ``run_pipeline`` that moves it."""
+    bar = tqdm(total=round(total_s), desc=desc, unit="s", disable=not enabled, leave=False)
+
+    def tick(elapsed: float) -> None:
+        bar.n = min(round(elapsed), bar.total)
+        bar.refresh()
+
+    return bar, tick
 
 
 @dataclass

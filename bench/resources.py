@@ -82,7 +82,7 @@ class ResourceSampler:
 
 
 def summarize(samples: list[dict], skip_s: float = 0.0) -> dict:
-    """Mean CPU per worker and in total, median RSS per worker, and each worker's RSS slope (MB/h)
+    """Mean CPU per worker and in total, median RSS per worker and their sum, and each worker's RSS slope (MB/h)
 
     over the second half of the samples (the first half includes the warm-up growth)."""
     kept = [s for s in samples if s["t"] >= skip_s]
@@ -100,6 +100,7 @@ def summarize(samples: list[dict], skip_s: float = 0.0) -> dict:
         "cpu_percent_total": round(sum(cpu.values()), 2),
         "cpu_percent_by_worker": cpu,
         "rss_mb_by_worker": rss,
+        "rss_mb_total": round(sum(rss.values()), 2),
         "rss_slope_mb_per_h": slopes,
         "seconds": round(kept[-1]["t"] - kept[0]["t"], 1) if len(kept) > 1 else 0.0,
     }

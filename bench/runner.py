@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench import phase_lines
 from bench.analysis import (
-    endpoint_summary, input_t0_ns, match_sessions, span_percentiles, stage_percentiles, stage_split,
-    threshold_curve, utterance_records, wake_by_condition, wake_summary,
+    STAGES, baseline_rows, budget_p95_ms, endpoint_summary, floor_figures, input_t0_ns, join_baseline, join_floor,
+    match_sessions, span_percentiles, speedup, stage_percentiles, stage_split, threshold_curve, utterance_records,
+    wake_by_condition, wake_summary,
 )
-from bench.replay import RATE, build_replay, run_pipeline
+from bench.replay import RATE, build_replay, progress_bar, run_pipeline
 from bench.resources import summarize
 from bench.speaker_bench import speaker_by, speaker_summary
 from bench.synth import pink_noise, write_wav16
 from core.config import Config
 from core.events import DropEvent, Event, WakeEvent, WorkerEvent
 from pipeline.latency import percentiles
-
-STAGES = {"stt": "stt_compute", "llm_first_token": "llm_first_token_compute"}
 
 
 def default_corpus_dir(config: Config, quick: bool) -> Path:
@@ -52,16 +52,6 @@ def machine_info() -> dict:
     return {"cpus": os.cpu_count(), "model": model, "python": platform.python_version()}
 
 
-def _progress(total_s: float, desc: str, enabled: bool):
-    bar = tqdm(total=round(total_s), desc=desc, unit="s", disable=not enabled, leave=False)
-
-    def tick(elapsed: float) -> None:
-        bar.n = min(round(elapsed), bar.total)
-        bar.refresh()
-
-    return bar, tick
-
-
 def _drops(events: list[Event]) -> dict[str, int]:
     drops: dict[str, int] = {}
     for event in events:
@@ -78,7 +68,7 @@ def measure_vigil(utterances, run_dir: Path, passes: int, gap_s: float, progress
     wav = run_dir / "replay.wav"
     placements = build_replay(utterances, wav, passes, gap_s)
     audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
-    bar, tick = _progress(audio_s + 10, f"vigil: replaying {len(placements)} utterances", progress)
+    bar, tick = progress_bar(audio_s + 10, f"vigil: replaying {len(placements)} utterances", progress)
     result = run_pipeline(wav, run_dir / "vigil", extra_args=("--exit-when-done",), on_tick=tick,
                           timeout_s=audio_s * 2 + 300)
     bar.close()
@@ -109,7 +99,7 @@ def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, 
     wav = run_dir / f"endpoint-{mode}.wav"
     placements = build_replay(chosen, wav, passes=1, gap_s=gap_s)
     audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
-    bar, tick = _progress(audio_s + 10, f"endpoint {mode}: replaying {len(placements)} utterances", progress)
+    bar, tick = progress_bar(audio_s + 10, f"endpoint {mode}: replaying {len(placements)} utterances", progress)
     result = run_pipeline(wav, run_dir / f"endpoint-{mode}", extra_args=("--exit-when-done",), on_tick=tick,
                           env={"VIGIL_STT__ENDPOINT": mode}, timeout_s=audio_s * 2 + 300)
     bar.close()
@@ -149,7 +139,7 @@ def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
     """Listen to a loop of silence and soft noise; skip the model-loading start."""
     quiet = np.zeros(20 * RATE, dtype=np.int16)
     wav = write_wav16(run_dir / "idle.wav", np.concatenate([quiet, pink_noise(20.0, rms=120.0, seed=7)]))
-    bar, tick = _progress(seconds + 10, "idle listening", progress)
+    bar, tick = progress_bar(seconds + 10, "idle listening", progress)
     result = run_pipeline(wav, run_dir / "idle", extra_args=("--loop", "--max-seconds", str(seconds + 10)),
                           on_tick=tick, timeout_s=seconds + 200)
     bar.close()
@@ -170,7 +160,7 @@ def measure_load(utterances, run_dir: Path, progress: bool, count: int = 16) -> 
     wav = run_dir / "load.wav"
     placements = build_replay(chosen, wav, passes=1, gap_s=0.1)
     audio_s = placements[-1].offset_s + placements[-1].duration_s
-    bar, tick = _progress(audio_s + 10, "load", progress)
+    bar, tick = progress_bar(audio_s + 10, "load", progress)
     result = run_pipeline(wav, run_dir / "load", extra_args=("--exit-when-done",), on_tick=tick,
                           timeout_s=audio_s * 2 + 300)
     bar.close()
@@ -226,41 +216,17 @@ def measure_wake(config: Config, run_dir: Path, quick: bool, progress: bool) -> 
             "verifier": result["verifier"], "corpus": result["corpus"], "gate": result.get("gate")}
 
 
-def _ratio(base: dict, ours: dict, key: str) -> float | None:
-    b, v = base.get(key), ours.get(key)
-    if not b or not v or np.isnan(b) or np.isnan(v) or v <= 0:
-        return None
-    return round(b / v, 2)
-
-
 def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: list[dict], vigil_extra: dict,
              baseline: list[dict], floor: list[dict], idle: dict | None, load: dict | None) -> dict:
     from bench.wer import stt_summary
 
-    base_by_wav = {b["wav"]: b for b in baseline}
-    floor_by_wav = {f["wav"]: f for f in floor}
-    for record in records:
-        b = base_by_wav.get(record["wav"], {})
-        record["baseline"] = {**b.get("spans_ms", {}),
-                              **{STAGES[k]: v for k, v in b.get("stages_ms", {}).items() if k in STAGES}}
-        f = floor_by_wav.get(record["wav"], {})
-        record["floor"] = {k: f[k] for k in ("stt_ms", "llm_first_token_ms") if k in f}
-    unique_baseline = [{"wake_expected": r["wake_expected"], "baseline": r["baseline"]}
-                       for r in {r["wav"]: r for r in records}.values()]
+    join_baseline(records, baseline)
+    join_floor(records, floor)
+    unique_baseline = baseline_rows(records)
     vigil_spans = span_percentiles(records)
     base_spans = span_percentiles(unique_baseline, key="baseline")
     headline = "speech_end_to_first_token"
-    floors, overheads, budget_values = [], [], []
-    for r in records:
-        v = r["vigil"]
-        if "stt_ms" in r["floor"] and "llm_first_token_ms" in r["floor"]:
-            floor_ms = r["floor"]["stt_ms"] + r["floor"]["llm_first_token_ms"]
-            floors.append(floor_ms)
-            if headline in v:
-                overheads.append(v[headline] - floor_ms)
-        if "wake_to_first_token" in v and "request_speech" in v:
-            budget_values.append(v["wake_to_first_token"] - max(0.0, v["request_speech"]))
-    budget_p95 = percentiles(budget_values)["p95"]
+    budget_p95 = budget_p95_ms(records)
     return {
         "run": run,
         "corpus": str(corpus_dir),
@@ -272,10 +238,9 @@ def assemble(config: Config, corpus_dir: Path, run: str, passes: int, records: l
         "stages_ms": stage_percentiles(records, "vigil", STAGES),
         "baseline": {"spans_ms": base_spans, "stages_ms": stage_percentiles(unique_baseline, "baseline", STAGES),
                      "end_silence_ms": config.bench.baseline_end_silence_ms},
-        "ratio_baseline_over_vigil": {p: _ratio(base_spans[headline], vigil_spans[headline], p)
+        "ratio_baseline_over_vigil": {p: speedup(base_spans[headline], vigil_spans[headline], p)
                                       for p in ("p50", "p95")},
-        "floor_ms": {k: percentiles(floors)[k] for k in ("p50", "p95")},
-        "overhead_ms": {k: percentiles(overheads)[k] for k in ("p50", "p95")},
+        **floor_figures(records),
         "budget": {"budget_ms": config.bench.budget_ms, "p95_ms": budget_p95,
                    "ok": bool(np.isnan(budget_p95) or budget_p95 <= config.bench.budget_ms)},
         "wake": {**wake_summary(records, vigil_extra["unmatched"]), "by_condition": wake_by_condition(records)},
@@ -346,6 +311,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
     from bench.skill_eval import evaluate as evaluate_skill_routing
+    from bench.skill_eval import summary_line
     from bench.speaker_bench import enroll_voices
     from bench.variants import measure_variants
     from models.provision import ensure_models
@@ -357,22 +323,40 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run
     run_dir.mkdir(parents=True, exist_ok=True)
-    enrolled = enroll_voices(config, run_dir / "vigil" / "state")  # the replayed pipeline's state dir
+    # each phase's key figures as it ends (bench/phase_lines.py), above the bar of the next
+    def say(*lines: str) -> None:
+        if progress:
+            for line in lines:
+                tqdm.write(line)
+
+    enrolled = enroll_voices(config, run_dir / "vigil" / "state", progress=progress)  # the replay's state dir
     records, vigil_extra = measure_vigil(utterances, run_dir, passes, gap_s, progress)
+    say(*phase_lines.vigil(records, vigil_extra, enrolled, config.bench.budget_ms))
     baseline = run_baseline(utterances, models, config, progress=progress,
                             baseline_end_silence_ms=config.bench.baseline_end_silence_ms)
+    join_baseline(records, baseline)
+    say(phase_lines.baseline(records, baseline))
     wake_at = {b["wav"]: b["wake_audio_s"] for b in baseline if b.get("wake_audio_s") is not None}
     floor = run_floor(utterances, models, config, progress=progress, wake_audio_s=wake_at)
+    join_floor(records, floor)
+    say(phase_lines.floor(records, floor))
     idle = measure_idle(run_dir, idle_s, progress) if idle_s > 0 else None
+    if idle:
+        say(phase_lines.idle(idle))
     load_result = measure_load(utterances, run_dir, progress) if load else None
+    if load_result:
+        say(phase_lines.load(load_result))
     variants = measure_variants(utterances, run_dir, count=4 if quick else 24, progress=progress) if variant_runs \
         else None
+    if variants:
+        say(phase_lines.variants(variants))
     wake_detail = None
     if wake_eval:
         try:
             wake_detail = measure_wake(config, run_dir, quick, progress)
         except Exception as exc:  # the rest of the bench still counts; the reason is reported
             wake_detail = {"eval_error": f"{type(exc).__name__}: {exc}"}
+        say(phase_lines.wake(wake_detail))
     other_modes = {}
     if endpoint_modes:
         for mode in (m for m in ENDPOINT_MODES if m != config.stt.endpoint):
@@ -381,7 +365,8 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
                                                           voices=("piper",) if quick else ENDPOINT_VOICES)
             except Exception as exc:  # the rest of the bench still counts; the reason is reported
                 other_modes[mode] = []
-                print(f"endpoint mode {mode} not measured: {exc}")
+                tqdm.write(f"endpoint mode {mode} not measured: {exc}")
+        say(*phase_lines.endpoint({config.stt.endpoint: records, **other_modes}))
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
     # speaker figures by what this run enrolled (a held-out --corpus names its speakers its own way)
     report["speaker"] = {**speaker_summary(records, enrolled),
@@ -393,6 +378,7 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
         report["wake"] = {**report["wake"], **wake_detail}
     report["variants"] = variants
     report["skills"] = evaluate_skill_routing()  # the labelled phrasings: skill accuracy, false-skill rate
+    say(summary_line(report["skills"]))
     (run_dir / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
     render(run_dir)
     latest = out / "latest"

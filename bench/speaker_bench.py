@@ -32,15 +32,19 @@ SPEAKER_IDS = {"flite-kal": "flite:kal", "flite-slt": "flite:slt", "flite-awb": 
 VARIANT_OF = {"espeak-ng:en-gb": "espeak-ng:en-us", "espeak-ng:en+m3": "espeak-ng:en-us"}
 
 
-def enroll_voices(config: Config, state_dir: Path, voices: dict[str, str] | None = None) -> dict[str, str]:
+def enroll_voices(config: Config, state_dir: Path, voices: dict[str, str] | None = None,
+                  progress: bool = False) -> dict[str, str]:
     """Enroll ``voices`` (engine:name -> name; default ``ENROLLED``) into ``state_dir``, the replayed
     pipeline's; returns what was enrolled, for ``speaker_summary``."""
+    from tqdm import tqdm
+
     from tools.enroll import enroll_from_audio, load_engine
 
     voices = dict(ENROLLED if voices is None else voices)
     config = dataclasses.replace(config, metrics=dataclasses.replace(config.metrics, state_dir=str(state_dir)))
     engine = load_engine(config)
-    for spec, name in voices.items():
+    for spec, name in tqdm(voices.items(), desc="enrolling speakers", unit="voice", disable=not progress,
+                           leave=False):
         tts_engine, voice = spec.split(":", 1)
         audios = [tts_samples(text, engine=tts_engine, voice=voice) for text in SENTENCES[:ENROLL_N]]
         enroll_from_audio(config, name, audios, engine=engine)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.analysis import input_t0_ns, match_sessions, utterance_records
-from bench.replay import build_replay, run_pipeline
+from bench.replay import build_replay, progress_bar, run_pipeline
 from core.events import SpeakerEvent, WakeEvent, WakeRejectedEvent
 from pipeline.latency import percentiles
 
@@ -37,12 +37,15 @@ def overlap(marks: dict) -> bool | None:
     return start < heard_to and done > heard_from
 
 
-def measure_variant(utterances, run_dir: Path, name: str, env: dict[str, str], gap_s: float = 1.5) -> dict:
+def measure_variant(utterances, run_dir: Path, name: str, env: dict[str, str], gap_s: float = 1.5,
+                    progress: bool = False) -> dict:
     wav = run_dir / f"variant-{name}.wav"
     placements = build_replay(utterances, wav, passes=1, gap_s=gap_s)
     audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
+    bar, tick = progress_bar(audio_s + 10, f"variant {name}: replaying {len(placements)} utterances", progress)
     result = run_pipeline(wav, run_dir / f"variant-{name}", extra_args=("--exit-when-done",), env=env,
-                          timeout_s=audio_s * 2 + 300)
+                          on_tick=tick, timeout_s=audio_s * 2 + 300)
+    bar.close()
     wav.unlink()
     if result.returncode != 0:
         return {"env": env, "error": f"exit {result.returncode}", "stderr_tail": result.stderr_tail[-800:]}
@@ -74,9 +77,7 @@ def measure_variants(utterances, run_dir: Path, count: int = 24, progress: bool 
         return {}
     out: dict = {}
     for name, env in VARIANTS.items():
-        if progress:
-            print(f"variant {name}: {len(chosen)} utterances", flush=True)
-        out[name] = measure_variant(chosen, run_dir, name, env)
+        out[name] = measure_variant(chosen, run_dir, name, env, progress=progress)
     base = out["default"].get("speech_end_to_first_token", {}).get("p50")
     for name, result in out.items():
         p50 = result.get("speech_end_to_first_token", {}).get("p50")

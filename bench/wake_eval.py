@@ -657,7 +657,9 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     from engines.wake import WakeEngineUnavailable
     from engines.wake.text_verify import DEFAULT_MIN_SCORE, DEFAULT_MODE, WINDOW_AFTER_S, WINDOW_BEFORE_S, WakeVerifier
 
-    say = progress if callable(progress) else ((lambda m: print(m, file=sys.stderr, flush=True)) if progress else
+    from tqdm import tqdm
+
+    say = progress if callable(progress) else ((lambda m: tqdm.write(m, file=sys.stderr)) if progress else
                                                (lambda m: None))
     configs = list(configs or DEFAULT_CONFIGS)
     rows = load_wake_corpus(corpus_dir)
@@ -698,7 +700,7 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     tuning = None
-    for cfg in parsed:
+    for cfg in tqdm(parsed, desc="wake eval", unit="config", disable=not progress, leave=False):
         key = (cfg["engine"], cfg["threshold"])
         if cfg["onset"] and onset_prop is None:
             say("wake eval: onset proposer")

@@ -44,6 +44,10 @@ def test_quick_bench_writes_the_contract_report(tmp_path, models):
     assert variants["default"]["answered"] >= 1 and variants["default"]["speaker_overlapped_stt"] >= 1
     assert set(report["machine"]) >= {"cpus", "model", "python"}
     assert report["budget"]["ok"] == (proc.returncode == 0)
+    # each phase's figures were printed as it ended (bench/phase_lines.py), not only at the end
+    printed = proc.stdout.splitlines()
+    for phase in ("vigil ", "baseline ", "floor ", "idle ", "load ", "variants ", "wake ", "endpoint ", "skills: "):
+        assert any(line.startswith(phase) for line in printed), (phase, proc.stdout[-3000:])
     md = (latest / "report.md").read_text()
     assert "speech_end_to_first_token" in md and "## Variants" in md
     for png in ("latency_cdf.png", "stages.png", "idle.png"):
