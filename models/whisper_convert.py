@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -253,7 +254,8 @@ def ggml_tensors(v: dict[str, np.ndarray], hp: dict[str, int]) -> Iterator[tuple
         raise ConversionError(f"missing tensor {exc}") from exc
 
 
-_F32_NAMES = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding"}
+_F32_NAMES = {"encoder.conv1.bias", "encoder.conv2.bias",
+              "encoder.positional_embedding", "decoder.positional_embedding"}
 
 
 def _write_tensor(f: BinaryIO, name: str, data: np.ndarray) -> None:

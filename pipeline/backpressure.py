@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from core.audio import SAMPLE_RATE
 from shm.audio_ring import AudioRing
@@ -21,7 +21,7 @@ from shm.segments import segment_name, unlink_quietly
 
 __all__ = ["BackpressureController", "RingSpec", "Policy"]
 
-Ring = Union[AudioRing, MessageRing]
+Ring = AudioRing | MessageRing
 
 MAX_SLOTS = 1 << 20  # per ring; far above any sane queue, still bounded
 MAX_SLOT_SIZE = 1 << 24  # bytes per message slot / samples per audio frame
@@ -118,7 +118,8 @@ class BackpressureController:
                 seg = self.segment_name(spec.name)
                 if spec.kind == "audio":
                     ring: Ring = AudioRing.create(
-                        seg, sample_rate=SAMPLE_RATE, frame_samples=spec.slot_size, capacity=spec.slots, max_readers=AUDIO_MAX_READERS
+                        seg, sample_rate=SAMPLE_RATE, frame_samples=spec.slot_size, capacity=spec.slots,
+                        max_readers=AUDIO_MAX_READERS
                     )
                 else:
                     ring = MessageRing.create(
@@ -183,7 +184,7 @@ class BackpressureController:
         for name in self.specs:
             unlink_quietly(segment_name(self.owner_pid, name))
 
-    def __enter__(self) -> "BackpressureController":
+    def __enter__(self) -> BackpressureController:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,9 +4,9 @@ It lives in the parent and only routes small messages; audio never passes throug
 A session is wake → transcript → answer. With two-stage wake a session starts as a
 *proposal* that STT's first pass accepts (then the `wake` event) or turns down (a silent
 `wake_rejected`); speaker ID runs beside STT and its name is used only if it is known by the
-time the answer starts (plus `[speaker] deadline_ms` after speech end, at most). Deadlines here are the last line of defence: if
-STT or the LLM worker dies or hangs mid-session, the person still gets a short, friendly,
-degraded answer instead of silence.
+time the answer starts (plus `[speaker] deadline_ms` after speech end, at most). Deadlines here
+are the last line of defence: if STT or the LLM worker dies or hangs mid-session, the person
+still gets a short, friendly, degraded answer instead of silence.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from core.config import Config
 from core.events import (
@@ -136,7 +137,8 @@ class Coordinator:
     def _on_wake(self, wake: WakeDetected) -> None:
         if self._stale(wake.detected_ns):
             self.stale_wakes += 1
-            log.warning("wake at frame %d is %.1f s old: dropped", wake.seq, (time.monotonic_ns() - wake.detected_ns) / 1e9)
+            log.warning("wake at frame %d is %.1f s old: dropped", wake.seq,
+                        (time.monotonic_ns() - wake.detected_ns) / 1e9)
             self.emit(DropEvent(ring="stale_wake", count=1))
             return
         if self.config.wake.verify == "off" or wake.sure:

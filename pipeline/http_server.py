@@ -44,9 +44,10 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from core.events import DropEvent, EventType
@@ -310,7 +311,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
 class _Server(GuardedHTTPServer):
     request_queue_size = 16
 
-    def __init__(self, address, handler, kiosk: "KioskHttpServer") -> None:
+    def __init__(self, address, handler, kiosk: KioskHttpServer) -> None:
         self.kiosk = kiosk
         super().__init__(address, handler, max_connections=kiosk.max_connections,
                          max_per_client=kiosk.max_per_client, header_timeout_s=kiosk.request_timeout_s)
@@ -376,7 +377,7 @@ class KioskHttpServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> "KioskHttpServer":
+    def start(self) -> KioskHttpServer:
         """Bind and serve in a daemon thread. Raises OSError when the address is taken."""
         if self._server is not None:
             return self
@@ -402,13 +403,13 @@ class KioskHttpServer:
         try:
             server.shutdown()
             server.server_close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("HTTP server shutdown failed", exc_info=True)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> "KioskHttpServer":
+    def __enter__(self) -> KioskHttpServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -420,7 +421,7 @@ class KioskHttpServer:
         try:
             data = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
             kind = str(event.get("type", "message")) if isinstance(event, dict) else "message"
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("unpublishable event %r", event, exc_info=True)
             return
         kind = "".join(ch for ch in kind if ch.isprintable())[:64] or "message"
@@ -428,12 +429,12 @@ class KioskHttpServer:
         with self._lock:
             self._seq += 1
             self._published += 1
-            frame = f"id: {self._seq}\nevent: {kind}\ndata: {data}\n\n".encode("utf-8")
+            frame = f"id: {self._seq}\nevent: {kind}\ndata: {data}\n\n".encode()
             self._remember(_Frame(self._seq, kind, session, frame))
             for client in self._clients:
                 self._enqueue(client, frame)
 
-    def _remember(self, item: "_Frame") -> None:
+    def _remember(self, item: _Frame) -> None:
         """Add to the history, keeping whole sessions (caller holds the lock; O(history))."""
         if self.history == 0:
             return
@@ -540,7 +541,7 @@ class _Handler(GuardedHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         kiosk = self.server.kiosk
         try:
             parts = urlsplit(self.path)
@@ -562,17 +563,17 @@ class _Handler(GuardedHandler):
                                                "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"})
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, TimeoutError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
-        except Exception:  # noqa: BLE001 - nothing reaches the pipeline
+        except Exception:  # nothing reaches the pipeline
             log.warning("HTTP handler for %s failed", self.path, exc_info=True)
             self.close_connection = True
             try:
                 self._send(500, b"internal error\n", "text/plain; charset=utf-8")
-            except Exception:  # noqa: BLE001 - headers may already be out
+            except Exception:  # headers may already be out
                 pass
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._send(405, b"", "text/plain", {"Allow": "GET"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD
@@ -594,7 +595,7 @@ class _Handler(GuardedHandler):
             health = kiosk.health()
             body = json.dumps(health, default=str).encode()
             code = 200 if isinstance(health, dict) and health.get("status") == "ok" else 503
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("health() failed: %s", exc)
             body = json.dumps({"status": "degraded", "workers": {}, "error": "health unavailable"}).encode()
             code = 503
@@ -638,7 +639,7 @@ class _Handler(GuardedHandler):
                     self.wfile.flush()
                 if over:
                     break  # recycle the stream: EventSource reconnects with Last-Event-ID, nothing is lost
-        except (BrokenPipeError, ConnectionResetError, socket.timeout, TimeoutError, OSError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             pass  # the client went away or stalled past the write timeout
         finally:
             kiosk._unsubscribe(client)

@@ -113,7 +113,8 @@ def _speaker_model(config: Config, events_path: str | None) -> str | None:
     from engines.speaker.resemblyzer import ResemblyzerNumpy
 
     if not path.is_file():
-        return f"[speaker] model_dir {path}: no such file (resemblyzer: a pretrained.pt, or \"\" for the provisioned one)"
+        return (f"[speaker] model_dir {path}: no such file "
+                "(resemblyzer: a pretrained.pt, or \"\" for the provisioned one)")
     try:
         ResemblyzerNumpy(path)
     except SpeakerError as exc:
@@ -190,7 +191,8 @@ def warnings(config: Config) -> list[str]:
     state = Path(config.metrics.state_dir)
     existing = _nearest_existing(state)  # the folder that would hold it
     if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-        out.append(f"[metrics] state_dir {state}: {existing} is not writable: metrics are dropped (counted) until it is")
+        out.append(f"[metrics] state_dir {state}: {existing} is not writable: "
+                   "metrics are dropped (counted) until it is")
     if config.speaker.enabled and config.speaker.engine == "resemblyzer":  # speechbrain's size needs its model
         from engines.speaker.resemblyzer import ResemblyzerNumpy
         from engines.speaker.voiceprints import VoiceprintError, VoiceprintStore

@@ -19,7 +19,8 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, get_args
+from collections.abc import Callable, Iterable
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -80,7 +81,7 @@ class _SourceCollector(Collector):
     def collect(self) -> Iterable:
         try:
             stats = self._source() or {}
-        except Exception:  # noqa: BLE001 - a scrape must never fail because of a source
+        except Exception:  # a scrape must never fail because of a source
             log.debug("SSE stats source failed", exc_info=True)
             return []
         out = []
@@ -116,7 +117,7 @@ class _WorkerCollector(Collector):
                     value = finite(figures.get(key))
                     if value is not None and value >= 0:
                         into[worker] = into.get(worker, 0.0) + value
-        except Exception:  # noqa: BLE001 - a scrape must never fail because of a source
+        except Exception:  # a scrape must never fail because of a source
             log.debug("worker resources source failed", exc_info=True)
             return []
         g = GaugeMetricFamily("vigil_worker_resident_memory_bytes", "Resident memory of the worker process.",
@@ -179,7 +180,7 @@ class PipelineMetrics:
         """Update from one contract event. Never raises."""
         try:
             self._observe(event)
-        except Exception:  # noqa: BLE001 - metrics must never break the pipeline
+        except Exception:  # metrics must never break the pipeline
             self.bad_events.inc()
             log.debug("metrics could not interpret event %r", event, exc_info=True)
 
@@ -251,7 +252,7 @@ class PipelineMetrics:
                 age = finite(info.get("heartbeat_age_s"))
                 self.worker_heartbeat_age.labels(worker).set(math.nan if age is None else age)
                 self.worker_restarts.labels(worker)  # every worker has its series, 0 until a restart
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.bad_events.inc()
             log.debug("metrics could not interpret health %r", health, exc_info=True)
 
@@ -269,7 +270,7 @@ class PipelineMetrics:
         if self._health is not None:
             try:
                 self.set_health(self._health())
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.health_ok.set(0.0)
                 log.debug("health callable failed during a scrape", exc_info=True)
         return generate_latest(self.registry)

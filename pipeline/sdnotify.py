@@ -20,7 +20,8 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("vigil.sdnotify")
 
@@ -48,7 +49,7 @@ class Notifier:
                 self.address = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, unset_environment: bool = False) -> "Notifier":
+    def from_env(cls, environ: Mapping[str, str] | None = None, unset_environment: bool = False) -> Notifier:
         """From $NOTIFY_SOCKET, $WATCHDOG_USEC and $WATCHDOG_PID, as sd_notify(3) reads them.
 
         The watchdog is off when WATCHDOG_PID names another process (the variables were

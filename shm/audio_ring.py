@@ -133,7 +133,7 @@ class AudioRing(MappedSegment):
     @classmethod
     def create(
         cls, name: str, *, sample_rate: int, frame_samples: int = 1280, capacity: int = 375, max_readers: int = 8
-    ) -> "AudioRing":
+    ) -> AudioRing:
         """Create the segment and initialise the header (owner side); readers learn the rate from it."""
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -155,7 +155,7 @@ class AudioRing(MappedSegment):
             raise
 
     @classmethod
-    def attach(cls, name: str) -> "AudioRing":
+    def attach(cls, name: str) -> AudioRing:
         """Map an existing ring (worker side); never registers for cleanup."""
         return cls._attach(name, owner=False)
 
@@ -267,7 +267,7 @@ class AudioRing(MappedSegment):
 
     # -- readers ------------------------------------------------------------
 
-    def reader(self, start: int | None = None, slot: int | None = None) -> "AudioReader":
+    def reader(self, start: int | None = None, slot: int | None = None) -> AudioReader:
         """A new reader; ``start`` defaults to write_seq (only new audio)."""
         return AudioReader(self, start, slot)
 

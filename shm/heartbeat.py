@@ -24,14 +24,14 @@ class HeartbeatTable:
         self._table = np.ndarray((rows, _COLUMNS), dtype=np.int64, buffer=shm.buf)
 
     @classmethod
-    def create(cls, name: str, rows: int) -> "HeartbeatTable":
+    def create(cls, name: str, rows: int) -> HeartbeatTable:
         shm = create_segment(name, rows * _COLUMNS * 8)
         table = cls(shm, rows, owner=True)
         table._table[:] = 0
         return table
 
     @classmethod
-    def attach(cls, name: str, rows: int) -> "HeartbeatTable":
+    def attach(cls, name: str, rows: int) -> HeartbeatTable:
         return cls(attach_segment(name), rows, owner=False)
 
     def beat(self, row: int, pid: int) -> None:

@@ -28,8 +28,9 @@ import enum
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,7 @@ class MessageRing(MappedSegment):
         block_timeout_s: float = 1.0,
         *,
         decoder: Callable[[bytes], Any] | None = None,
-    ) -> "MessageRing":
+    ) -> MessageRing:
         """Create the segment and initialise the header (owner side)."""
         if slots < 1:
             raise ValueError(f"slots must be positive, got {slots}")
@@ -178,7 +179,7 @@ class MessageRing(MappedSegment):
             raise
 
     @classmethod
-    def attach(cls, name: str, decoder: Callable[[bytes], Any] | None = None) -> "MessageRing":
+    def attach(cls, name: str, decoder: Callable[[bytes], Any] | None = None) -> MessageRing:
         """Map an existing ring (worker side); never registers for cleanup."""
         return cls._attach(name, decoder=decoder)
 
@@ -316,7 +317,7 @@ class MessageRing(MappedSegment):
                 return data
             try:
                 return self._decoder(data)
-            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the consumer
+            except Exception as exc:  # one bad message must not stop the consumer
                 hdr[H_CORRUPT] = int(hdr[H_CORRUPT]) + 1
                 self._warn(f"undecodable message {r}: {type(exc).__name__}: {exc}")
 

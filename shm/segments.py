@@ -97,7 +97,7 @@ def create_segment(name: str, size: int) -> SharedMemory:
     # shm_open's mode is filtered by the umask; make 0600 explicit anyway so a
     # permissive umask can never expose audio to other users.
     try:
-        os.fchmod(shm._fd, MODE)  # type: ignore[attr-defined]  # noqa: SLF001 - the fd is the only handle
+        os.fchmod(shm._fd, MODE)  # type: ignore[attr-defined]  # the fd is the only handle
     except (AttributeError, OSError):
         os.chmod(os.path.join(SHM_DIR, name), MODE)
     return shm
@@ -136,7 +136,7 @@ def _unlink_raw(name: str) -> bool:
             _created.discard(name)
             try:
                 resource_tracker.unregister("/" + name, "shared_memory")
-            except Exception:  # noqa: BLE001 - a dead tracker must not block cleanup
+            except Exception:  # a dead tracker must not block cleanup
                 pass
     return True
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Job:
@@ -142,7 +143,7 @@ class BoundedPool:
         while job is not None:
             try:
                 job.result = job.fn(job.args)
-            except BaseException as exc:  # noqa: BLE001 — a skill's failure is reported, never raised here
+            except BaseException as exc:  # a skill's failure is reported, never raised here
                 job.error = exc
             with self._lock:
                 job.finished = True

@@ -245,7 +245,7 @@ def _model_entry(kind: str, name: str, path: Path, validate) -> dict[str, Any]:
     try:
         validate(path)
         entry["valid"] = True
-    except Exception as exc:  # noqa: BLE001 - a bad model is reported, never a crash
+    except Exception as exc:  # a bad model is reported, never a crash
         entry["problem"] = str(exc)
     return entry
 
@@ -291,7 +291,7 @@ def models_info(config) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- measurements (subprocesses)
 
 
-def test_clip() -> tuple["Any", str]:
+def test_clip() -> tuple[Any, str]:
     """The fixed 3 s clip: espeak-ng speech padded/trimmed to 3 s, else a synthetic voiced signal."""
     import numpy as np
 
@@ -345,7 +345,8 @@ def _measure_llm(path: str, threads: int, system_prompt: str) -> dict[str, Any]:
     t = time.perf_counter()
     llm = EmbeddedLlm(path, n_threads=threads, temperature=0.0, seed=0)
     load_ms = (time.perf_counter() - t) * 1000
-    question = [{"role": "system", "content": system_prompt}, {"role": "user", "content": "What is the capital of France?"}]
+    question = [{"role": "system", "content": system_prompt},
+                {"role": "user", "content": "What is the capital of France?"}]
     cold = llm.stream(question, lambda _t: False, max_tokens=1)
     llm.warm(system_prompt)
     warm = llm.stream([question[0], {"role": "user", "content": "Name three colours of the rainbow."}],
@@ -483,7 +484,8 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
                 else min(llm, key=lambda m: (m["size_mb"] or 0, m["measured"]["first_token_ms"])) if llm else None)
     for m in llm:
         ms = m["measured"]
-        reasons.append(f"LLM {m['name']}: first token {ms['first_token_ms']:.0f} ms (<= {LLM_FIRST_TOKEN_MAX_MS:.0f}?), "
+        reasons.append(f"LLM {m['name']}: first token {ms['first_token_ms']:.0f} ms "
+                       f"(<= {LLM_FIRST_TOKEN_MAX_MS:.0f}?), "
                        f"{ms['tokens_per_s']:.0f} tok/s (>= {LLM_MIN_TOKENS_PER_S:.0f}?): "
                        f"{'fits' if m in good else 'too slow'}")
     estimate = None
@@ -637,7 +639,10 @@ def format_report(report: dict[str, Any]) -> str:
            "(timings below are taken under this load)",
            f"python {m['python']}"]
     pa = m["pulseaudio"]
-    out.append(f"pulseaudio: {'running, ' + pa['server'] + ', default source ' + pa['default_source'] if pa['running'] else 'not running (' + pa['detail'] + ')'}")
+    if pa["running"]:
+        out.append(f"pulseaudio: running, {pa['server']}, default source {pa['default_source']}")
+    else:
+        out.append(f"pulseaudio: not running ({pa['detail']})")
     audio = m["audio"]
     if audio["error"]:
         out.append(f"audio inputs: {audio['error']}")
@@ -650,11 +655,16 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         out.append(f"  {name:16s} {info['version'] or 'not installed':14s} {info['role']}")
     o = report["engines"]["ollama_server"]
-    out.append(f"  ollama server    {'reachable at ' + o['host'] + (' models: ' + ', '.join(o['models']) if o['models'] else ' (no models)') if o['reachable'] else 'not reachable at ' + o['host']}")
+    if o["reachable"]:
+        ollama = f"reachable at {o['host']}" + (f" models: {', '.join(o['models'])}" if o["models"] else " (no models)")
+    else:
+        ollama = f"not reachable at {o['host']}"
+    out.append(f"  ollama server    {ollama}")
     out.append(f"== models ({report['models_dir']})")
     for e in report["models"]:
         state = "ok" if e["valid"] else e["problem"]
-        out.append(f"  {e['kind']:7s} {e['name']:28s} {('%.0f MB' % e['size_mb']) if e['size_mb'] else '':>7s}  {state}")
+        size = f"{e['size_mb']:.0f} MB" if e["size_mb"] else ""
+        out.append(f"  {e['kind']:7s} {e['name']:28s} {size:>7s}  {state}")
         ms = e.get("measured")
         if not ms:
             continue

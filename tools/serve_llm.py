@@ -70,9 +70,10 @@ import struct
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from core.config import Config
@@ -100,7 +101,7 @@ NEVER = "9999-12-31T23:59:59Z"  # /api/ps expires_at: the model stays loaded
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def vigil_version() -> str:
@@ -257,7 +258,7 @@ class LlmServer:
 
     def modified_at(self) -> str:
         mtime = self.engine.model_path.stat().st_mtime
-        return datetime.fromtimestamp(mtime, timezone.utc).isoformat().replace("+00:00", "Z")
+        return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
 
     def details(self) -> dict[str, Any]:
         facts = self.engine.describe()
@@ -546,7 +547,7 @@ def _make_handler(server: LlmServer) -> type[GuardedHandler]:
                 self._fail(503, str(exc), {"Retry-After": "1"})
             except (ConnectionError, TimeoutError):
                 self.close_connection = True
-            except Exception as exc:  # noqa: BLE001 - a bug must still answer, and never kill the server
+            except Exception as exc:  # a bug must still answer, and never kill the server
                 log.exception("serve-llm: %s %s failed", self.command, self.path)
                 self._fail(500, f"internal error: {type(exc).__name__}")
 
@@ -563,16 +564,16 @@ def _make_handler(server: LlmServer) -> type[GuardedHandler]:
 
         # ---- methods -------------------------------------------------------------
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._handle(self._get)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._handle(self._get)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._handle(self._post)
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             self._handle(self._unsupported)
 
         def _get(self) -> None:

@@ -29,9 +29,10 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from core.config import Config
 from core.logs import configure_logging

@@ -51,9 +51,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.messages import FRIENDLY_FAILURE, Announce, Cancel, LlmDone, LlmRequest, Token
 from skills import SkillRunner
@@ -122,7 +123,7 @@ class Attempt:
     def _run(self, produce: Produce) -> None:
         try:
             result = produce(self._on_token)
-        except BaseException as exc:  # noqa: BLE001 - engines should not raise; report it if one does
+        except BaseException as exc:  # engines should not raise; report it if one does
             result = StreamResult("", 0, "error", None, 0.0, f"engine raised {type(exc).__name__}: {exc}")
         self.queue.put(("done", result, time.monotonic_ns()))
 

@@ -136,7 +136,7 @@ class WakeCheck:
         one): the verifier's alignment only; None when it has none or fails (then the pre-roll stands)."""
         try:
             self.judge(verifier)
-        except Exception:  # noqa: BLE001 - placing the request's start must never stop the request
+        except Exception:  # placing the request's start must never stop the request
             return None
         return self.phrase_end
 
@@ -181,7 +181,7 @@ class SttWorker(Worker):
             model = SmartTurn(Path(self.config.models.dir).expanduser() / SMART_TURN.filename, threads=1)
             model.score(np.zeros(SAMPLE_RATE, dtype=np.int16))
             return model
-        except Exception:  # noqa: BLE001 - endpointing must never stop because the model cannot start
+        except Exception:  # endpointing must never stop because the model cannot start
             self.log.exception("turn model unavailable; the transcript and the pause decide")
             return None
 
@@ -301,7 +301,7 @@ class SttWorker(Worker):
                 started = time.perf_counter()
                 try:
                     score = self.turn_model.score(np.concatenate(session.frames))
-                except Exception:  # noqa: BLE001 - the transcript and the pause still decide
+                except Exception:  # the transcript and the pause still decide
                     self.log.exception("turn model failed")
                 model_ms = (time.perf_counter() - started) * 1000
         evidence = self.turn_policy.evidence(score, text)

@@ -9,7 +9,8 @@ measures latency against it.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 

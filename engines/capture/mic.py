@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import soxr
@@ -394,7 +395,7 @@ class PyAudioSource:
                 out = fn()
                 if isinstance(out, tuple):
                     result["engine"], result["generation"] = out
-            except BaseException as e:  # noqa: BLE001 - reported through state, never raised
+            except BaseException as e:  # reported through state, never raised
                 result["error"] = e
 
         self._op_name, self._op_result = name, result
@@ -472,7 +473,7 @@ class PyAudioSource:
             try:
                 d = pa.get_default_input_device_info()
                 return int(d["index"]), d
-            except (OSError, IOError):
+            except OSError:
                 return inputs[0]
         if isinstance(self.device, int):
             for i, d in inputs:

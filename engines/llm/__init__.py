@@ -8,8 +8,9 @@ short friendly answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 

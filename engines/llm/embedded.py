@@ -32,8 +32,9 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engines.llm import SAMPLING_KEYS, FinishReason, LlmError, ModelLoadError, StreamResult
 
@@ -224,7 +225,7 @@ class EmbeddedLlm:
         try:
             with self._lock:
                 reply = self._srv.handle_embeddings({"input": list(texts)})
-        except Exception as e:  # noqa: BLE001 - llama.cpp's own complaint about the request
+        except Exception as e:  # llama.cpp's own complaint about the request
             raise LlmRequestError(f"{type(e).__name__}: {e}") from e
         err = reply.get("error") if isinstance(reply, dict) else "no reply"
         if err:  # an input llama.cpp cannot embed (longer than a batch, ...)
@@ -275,7 +276,7 @@ class EmbeddedLlm:
                         state["cancel"] = True
                         return True
                 return False
-            except Exception as e:  # noqa: BLE001 - includes on_token's own errors
+            except Exception as e:  # includes on_token's own errors
                 state["error"] = f"{type(e).__name__}: {e}"
                 return True
 
@@ -293,7 +294,7 @@ class EmbeddedLlm:
         try:
             with self._lock:
                 getattr(self._srv, handler)(request, callback)
-        except Exception as e:  # noqa: BLE001 - never crash the worker
+        except Exception as e:  # never crash the worker
             # Raised before any chunk: llama.cpp could not even parse the request (a bad schema, ...).
             prefix = f"{INVALID_REQUEST} " if state["chunks"] == 0 else ""
             state["error"] = f"{prefix}{type(e).__name__}: {e}"

@@ -45,7 +45,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engines.llm import FinishReason, StreamResult
 from engines.llm.tools import MAX_TOOL_CALLS, TOOL_PREFIX, run_tool_calls
@@ -236,7 +237,7 @@ class OllamaLlm:
                         done_reason = chunk.done_reason or "stop"
                         eval_count = chunk.eval_count
                         break
-        except Exception as exc:  # noqa: BLE001 - stream() never raises; see the table above
+        except Exception as exc:  # stream() never raises; see the table above
             error = classify_error(exc)
         total_ms = (time.perf_counter() - t0) * 1000.0
         if error is not None:
@@ -249,7 +250,8 @@ class OllamaLlm:
             reason = "length"
         else:
             reason = "stop"
-        n_tokens = eval_count if isinstance(eval_count, int) and eval_count >= 0 and reason in ("stop", "length") else len(parts)
+        counted = isinstance(eval_count, int) and eval_count >= 0 and reason in ("stop", "length")
+        n_tokens = eval_count if counted else len(parts)
         return StreamResult(
             text="".join(parts),
             n_tokens=int(n_tokens),

@@ -21,7 +21,8 @@ import json
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from engines.llm import StreamResult
 
@@ -316,7 +317,7 @@ def run_tool_calls(toolbox: Any, calls: list[dict[str, Any]], tool_log: list[dic
         t0 = time.perf_counter()
         try:  # SkillRunner.call_tool never raises; another toolbox might
             output = str(toolbox.call_tool(call["name"], call["arguments"]))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             output = f"error: {type(exc).__name__}: {exc}"
         tool_log.append({"name": call["name"], "arguments": call["arguments"], "result": output,
                          "ms": round((time.perf_counter() - t0) * 1000.0, 1)})
@@ -357,7 +358,8 @@ class EmbeddedToolsLlm:
                     lambda _t: False, max_tokens=1)
 
     def _once(self, messages: list[dict], tools: list[dict[str, Any]], answer_only: bool,
-              on_token: Callable[[str], bool], max_tokens: int, t0: float, state: dict) -> tuple[StreamResult, ToolReply]:
+              on_token: Callable[[str], bool], max_tokens: int, t0: float,
+              state: dict) -> tuple[StreamResult, ToolReply]:
         msgs, _ = chat_messages(messages, tools)
         reply = ToolReply()
 

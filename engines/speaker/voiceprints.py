@@ -187,7 +187,8 @@ class VoiceprintStore:
     def enroll(self, name: str, embeddings: list[np.ndarray] | np.ndarray) -> None:
         """Store ``name``'s voiceprint: the normalised mean of the utterance embeddings (replaces an old one)."""
         name = validate_name(name)
-        embs = [self._check(e) for e in (embeddings if isinstance(embeddings, list) else list(np.atleast_2d(embeddings)))]
+        rows = embeddings if isinstance(embeddings, list) else list(np.atleast_2d(embeddings))
+        embs = [self._check(e) for e in rows]
         if not embs:
             raise VoiceprintError("no embeddings to enroll")
         self.refresh()  # a damaged file raises here: it is never overwritten

@@ -235,6 +235,7 @@ class WhisperEngine:
         samples = to_float32(audio)
         if samples.size < MIN_CLIP_S * SAMPLE_RATE:
             return "", []
-        plain = Decoding(timestamps=False, temperature_inc=0.2, initial_prompt=initial_prompt or "", retry_on_loop=False)
+        plain = Decoding(timestamps=False, temperature_inc=0.2, initial_prompt=initial_prompt or "",
+                         retry_on_loop=False)
         with self._lock:
             return self._decode(samples, plain, max_tokens)

@@ -35,9 +35,10 @@ hears a few more, at a stricter margin.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -124,8 +125,9 @@ class ForcedScoreUnavailable(RuntimeError):
 
 
 def log_mel(audio: np.ndarray, filters: np.ndarray, view: str = "raw") -> np.ndarray:
-    """Whisper's log-mel features ``[n_mels, frames]`` of one view (``VIEWS``): "denoised" subtracts the window's stationary noise in the mel power domain first (``subtract_noise``), "dereverbed"
-    its late reverberation (``core.dsp.suppress_late_reverb``)."""
+    """Whisper's log-mel features ``[n_mels, frames]`` of one view (``VIEWS``): "denoised" subtracts the
+    window's stationary noise in the mel power domain first (``subtract_noise``), "dereverbed" its late
+    reverberation (``core.dsp.suppress_late_reverb``)."""
     mel = mel_power(audio, filters)
     if view == "denoised":
         mel = subtract_noise(mel)

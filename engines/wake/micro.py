@@ -27,7 +27,8 @@ class MicroWakeWordEngine:
         try:
             from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
         except ImportError as exc:
-            raise WakeEngineUnavailable(f"pymicro-wakeword is not installed ({exc}); pip install pymicro-wakeword") from exc
+            raise WakeEngineUnavailable(
+                f"pymicro-wakeword is not installed ({exc}); pip install pymicro-wakeword") from exc
         builtin = {m.value: m for m in Model}
         try:
             if model in builtin:

@@ -6,8 +6,9 @@ function that returns its folder, so the engine itself never provisions anything
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,10 +46,11 @@ class _LegacyPorcupine:
 
     def _open(self) -> None:
         model, keyword, sensitivity = self._args
-        status = self._lib.pv_porcupine_init(model, 1, (ctypes.c_char_p * 1)(keyword), (ctypes.c_float * 1)(sensitivity),
-                                             ctypes.byref(self._handle))
+        status = self._lib.pv_porcupine_init(model, 1, (ctypes.c_char_p * 1)(keyword),
+                                             (ctypes.c_float * 1)(sensitivity), ctypes.byref(self._handle))
         if status != 0:
-            raise WakeEngineUnavailable(f"pvporcupine {self.version} init failed (status {status}) for {keyword.decode()}")
+            raise WakeEngineUnavailable(
+                f"pvporcupine {self.version} init failed (status {status}) for {keyword.decode()}")
 
     def process(self, pcm: np.ndarray) -> int:
         status = self._lib.pv_porcupine_process(self._handle, pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_short)),

@@ -17,7 +17,8 @@ def spoken_uptime(seconds: float) -> str:
     days, rest = divmod(int(seconds), 86400)
     if days:
         hours = rest // 3600
-        return f"{days} day{'s' if days != 1 else ''}" + (f" and {hours} hour{'s' if hours != 1 else ''}" if hours else "")
+        and_hours = f" and {hours} hour{'s' if hours != 1 else ''}" if hours else ""
+        return f"{days} day{'s' if days != 1 else ''}{and_hours}"
     if rest < 60:
         return spoken_duration(rest)
     return spoken_duration(rest - rest % 60)  # minutes are enough
