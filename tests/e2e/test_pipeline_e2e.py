@@ -194,8 +194,8 @@ def test_killed_worker_is_restarted_and_sigterm_leaves_nothing(request_wav, tmp_
         assert any(name.startswith(f"vigil-{proc.pid}-") for name in segments)
         answered = len(responses())
         os.kill(pids["stt"], signal.SIGKILL)
-        restarted = wait_for(lambda: [e for e in read_events(events_path)
-                                      if e["type"] == "worker" and e["name"] == "stt" and e["event"] == "restarted"], 30)
+        restarted = wait_for(lambda: [e for e in read_events(events_path) if e["type"] == "worker"
+                                      and e["name"] == "stt" and e["event"] == "restarted"], 30)
         assert restarted, "stt was not restarted"
         assert proc.poll() is None, "the parent died with its worker"
         assert wait_for(lambda: len(responses()) > answered, 90), "no answer after the restart"

@@ -536,7 +536,8 @@ def test_capture_worker_waits_for_a_device_beating_and_stops_promptly(tmp_path, 
     no_device_lines = [line for line in err.splitlines() if "no_device" in line]
     assert len(no_device_lines) == 2, no_device_lines  # one line per state change, one logger
     state_lines = [line for line in err.splitlines() if "vigil-capture" in line]
-    assert len(state_lines) == len(states) and all("engines.capture.mic: audio input" in line for line in state_lines), \
+    assert len(state_lines) == len(states) \
+        and all("engines.capture.mic: audio input" in line for line in state_lines), \
         state_lines  # one logger: the worker does not log the state a second time
 
 

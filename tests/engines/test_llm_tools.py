@@ -237,7 +237,8 @@ def test_embedded_engine_tool_loop_runs_the_time_skill(models) -> None:
         eng.toolbox = None
         plain = eng.stream(ask("What is the capital of France?"), lambda _t: False, max_tokens=48)
         assert "Paris" in plain.text, plain
-        print(f"[tools] embedded plain answer {plain.total_ms:.0f} ms total (first token {plain.first_token_ms:.0f} ms)")
+        print(f"[tools] embedded plain answer {plain.total_ms:.0f} ms total "
+              f"(first token {plain.first_token_ms:.0f} ms)")
     finally:
         only_time.close()
 

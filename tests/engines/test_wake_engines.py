@@ -56,7 +56,8 @@ def engine() -> OpenWakeWordEngine:
 
 @pytest.fixture(scope="module")
 def porcupine_jarvis() -> PorcupineEngine:
-    return PorcupineEngine(keyword="jarvis", sensitivity=0.7, access_key="", legacy=ensure_porcupine_legacy)  # no key: the offline build
+    # no key: the offline build
+    return PorcupineEngine(keyword="jarvis", sensitivity=0.7, access_key="", legacy=ensure_porcupine_legacy)
 
 
 # --------------------------------------------------------------------------- openWakeWord
@@ -189,7 +190,8 @@ def test_proposal_settling_at_the_normal_threshold_is_never_later_than_single_st
 
 def test_porcupine_offline_build_detects_the_real_recording() -> None:
     """The real person saying "porcupine" (Picovoice's own sample): one detection, at the word."""
-    eng = make_wake_engine("porcupine", WakeConfig(porcupine_keyword="porcupine"), porcupine_legacy=ensure_porcupine_legacy)
+    eng = make_wake_engine("porcupine", WakeConfig(porcupine_keyword="porcupine"),
+                           porcupine_legacy=ensure_porcupine_legacy)
     assert eng.name == "porcupine:porcupine"
     assert eng.native_frame == 512 and eng.frame_samples == 1280
     audio = load_wav(AUDIO / "porcupine_porcupine.wav")
@@ -201,7 +203,8 @@ def test_porcupine_offline_build_detects_the_real_recording() -> None:
 
 def test_porcupine_multiple_keywords_recording_fires_only_on_its_keyword() -> None:
     """45 s of a person saying ten built-in keywords: "porcupine" is said twice (at ~6.8 s and ~36.4 s)."""
-    eng = make_wake_engine("porcupine", WakeConfig(porcupine_keyword="porcupine"), porcupine_legacy=ensure_porcupine_legacy)
+    eng = make_wake_engine("porcupine", WakeConfig(porcupine_keyword="porcupine"),
+                           porcupine_legacy=ensure_porcupine_legacy)
     audio = load_wav(AUDIO / "porcupine_multiple_keywords.wav")
     dets = run(WakeDetector(eng, threshold=0.5, warmup_s=0.0), audio)
     times = [report_s(d) for d in dets]
@@ -275,7 +278,8 @@ def mww() -> MicroWakeWordEngine:
 def test_microwakeword_hey_jarvis(mww: MicroWakeWordEngine, voice: str) -> None:
     assert mww.name == "microwakeword:hey_jarvis" and mww.cutoff == pytest.approx(0.97)
     mww.reset()
-    dets = run(WakeDetector(mww, threshold=0.5, warmup_s=0.0), pad(synth("hey jarvis, what time is it", voice), 1.0, 1.0))
+    dets = run(WakeDetector(mww, threshold=0.5, warmup_s=0.0),
+               pad(synth("hey jarvis, what time is it", voice), 1.0, 1.0))
     assert len(dets) == 1 and dets[0].score >= 0.5, dets
     mww.reset()
     audio = pad(synth(NEGATIVE, voice), 1.0, 1.0)
@@ -308,7 +312,8 @@ def test_pocketsphinx_rejects_words_outside_its_dictionary() -> None:
 
 
 def test_unknown_engine_is_a_clear_error() -> None:
-    with pytest.raises(WakeEngineUnavailable, match="unknown wake engine 'snowboy'; choose one of openwakeword, porcupine"):
+    with pytest.raises(WakeEngineUnavailable,
+                       match="unknown wake engine 'snowboy'; choose one of openwakeword, porcupine"):
         make_wake_engine("snowboy", WakeConfig())
     with pytest.raises(ConfigError, match=r"\[wake\] engine = 'snowboy'; choose one of"):
         load_config(environ={"VIGIL_WAKE__ENGINE": "snowboy"})

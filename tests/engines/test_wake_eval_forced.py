@@ -14,7 +14,8 @@ def test_parse_config_forced_and_onset():
     from bench.wake_eval import DEFAULT_CONFIGS, QUICK_CONFIGS, parse_config
 
     c = parse_config("oww@0.005+onset+forced+sure0.97")
-    assert (c["engine"], c["threshold"], c["verifier"], c["onset"], c["sure"]) == ("openwakeword", 0.005, "forced", True, 0.97)
+    assert ((c["engine"], c["threshold"], c["verifier"], c["onset"], c["sure"])
+            == ("openwakeword", 0.005, "forced", True, 0.97))
     c = parse_config("onset+forced")
     assert (c["engine"], c["verifier"], c["onset"], c["verify"]) == (None, "forced", True, True)
     c = parse_config("oww@0.05+verify+sure0.97")  # the old names keep their meaning

@@ -139,14 +139,16 @@ def test_report_md_shows_the_wake_table():
 
     cond = {"clean": {"detected": 59, "total": 60, "rate": 0.983}, "pink": {"detected": 50, "total": 60, "rate": 0.83},
             "babble": {"detected": 41, "total": 60, "rate": 0.68}}
-    fw = {"ordinary": {"count": 0, "hours": 0.34, "per_hour": 0.0}, "noise": {"count": 1, "hours": 0.17, "per_hour": 6.0},
+    fw = {"ordinary": {"count": 0, "hours": 0.34, "per_hour": 0.0},
+          "noise": {"count": 1, "hours": 0.17, "per_hour": 6.0},
           "near_miss": {"count": 7, "hours": 0.12, "per_hour": 58.3}}
     row = {"conditions": cond, "false_wakes": fw, "heldout": cond, "double_wakes": 2,
            "delay_ms": {"p50": 812.0, "p95": 1304.0, "n": 150}, "proposer_cpu_ms_per_audio_s": 41.5,
            "verify_ms": {"p50": 520.0, "p95": 900.0, "n": 200}}
     report = {"wake": {"detected": 36, "missed": 4, "false_wakes": 1, "negatives_hours": 0.25,
                        "default_config": "oww@0.1+verify", "by_engine": {"oww@0.1+verify": row},
-                       "skipped": {"porcupine": "no library"}, "corpus": {"voices": ["a", "b"], "minutes": {"ordinary": 20.5}}}}
+                       "skipped": {"porcupine": "no library"},
+                       "corpus": {"voices": ["a", "b"], "minutes": {"ordinary": 20.5}}}}
     md = render_markdown(report, [])
     assert "`oww@0.1+verify` | 59/60 | 50/60 | 41/60" in md
     assert "812 / 1304" in md and "520 / 900" in md

@@ -28,7 +28,8 @@ from engines.stt.whispercpp import (
 )
 
 from tests.conftest import SHARED_AUDIO
-JFK_TEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 
 
 def words(text: str) -> list[str]:

@@ -144,7 +144,8 @@ def test_message_ring_scribbled_slots_are_skipped_and_counted(ops, policy):
 # ---- message payloads through decode ------------------------------------------------------
 
 _JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
-json_values = st.recursive(_JSON_SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+json_values = st.recursive(_JSON_SCALARS,
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
                            max_leaves=8)
 
 _CHECK = {
@@ -157,8 +158,14 @@ _CHECK = {
 }
 # Fields with a closed set of values (Literal aliases in core/messages.py): exactly those strings.
 _CLOSED = {name: typing.get_args(getattr(msgs, name)) for name in ("TranscriptReason", "FinishReason", "DeviceState")}
-_CHECK.update({name: (lambda allowed: lambda v: isinstance(v, str) and v in allowed)(allowed)
-               for name, allowed in _CLOSED.items()})
+
+
+def _one_of(allowed: tuple[str, ...]):
+    """The check for one closed field (a function, so each check keeps its own `allowed`)."""
+    return lambda v: isinstance(v, str) and v in allowed
+
+
+_CHECK.update({name: _one_of(allowed) for name, allowed in _CLOSED.items()})
 
 
 def is_valid_message(body: object) -> bool:
@@ -303,7 +310,8 @@ audio_ops = st.lists(
     st.one_of(
         st.tuples(st.just("write"), st.integers(1, 3)),
         st.tuples(st.just("read"), st.integers(1, 3)),
-        st.tuples(st.just("frame"), st.integers(0, CAP - 1), st.sampled_from(["seq_begin", "capture", "samples", "seq_end"]),
+        st.tuples(st.just("frame"), st.integers(0, CAP - 1),
+                  st.sampled_from(["seq_begin", "capture", "samples", "seq_end"]),
                   st.integers(0, 2 * FS - 1), st.binary(min_size=1, max_size=8)),
         st.tuples(st.just("slot"), st.integers(0, READERS - 1), st.integers(0, 7), st.binary(min_size=1, max_size=8)),
         st.tuples(st.just("new_reader"),),
@@ -317,7 +325,8 @@ audio_ops = st.lists(
 @example(ops=[("slot", 0, 2, b"\xff" * 8), ("new_reader",), ("write", 3), ("write", 3), ("read", 1)]).via(
     "a restarted reader taking a header slot whose lost counter was scribbled to ~2**64 raised OverflowError")
 def test_audio_reader_never_returns_a_wrong_frame_and_never_raises(ops):
-    ring = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("afuzz"), frame_samples=FS, capacity=CAP, max_readers=READERS)
+    ring = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("afuzz"), frame_samples=FS, capacity=CAP,
+                            max_readers=READERS)
     hb = 8 * (8 + 8 * READERS)  # header bytes (already a multiple of 64)
     stride = (16 + 2 * FS + 8 + 63) // 64 * 64
     words = {"seq_begin": (0, 8), "capture": (8, 8), "samples": (16, 2 * FS), "seq_end": (16 + 2 * FS, 8)}
@@ -397,9 +406,11 @@ bad_arrays = st.one_of(
         dtype=st.one_of(npst.scalar_dtypes(), npst.integer_dtypes(endianness=">", sizes=16)),
         shape=npst.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=FS + 1),
     ),
-    npst.arrays(dtype=st.sampled_from([np.float32, np.int32, np.uint16, np.dtype(">i2"), np.int8]), shape=st.just((FS,))),
+    npst.arrays(dtype=st.sampled_from([np.float32, np.int32, np.uint16, np.dtype(">i2"), np.int8]),
+                shape=st.just((FS,))),
     st.just(np.array([None] * FS, dtype=object)),
-    npst.arrays(dtype=st.just(np.int16), shape=st.sampled_from([(FS - 1,), (FS + 1,), (1, FS), (FS, 1), (), (0,), (2 * FS,)])),
+    npst.arrays(dtype=st.just(np.int16),
+                shape=st.sampled_from([(FS - 1,), (FS + 1,), (1, FS), (FS, 1), (), (0,), (2 * FS,)])),
     st.lists(st.integers(-32768, 32767), min_size=FS, max_size=FS),
     st.binary(min_size=2 * FS, max_size=2 * FS),
     st.none(),
@@ -413,7 +424,8 @@ def test_audio_write_rejects_bad_arrays_and_leaves_the_ring_intact(samples, capt
     good_array = isinstance(samples, np.ndarray) and samples.dtype == np.int16 and samples.shape == (FS,)
     good_ns = capture_ns is None or 0 <= capture_ns < 2**64
     assume(not (good_array and good_ns))
-    ring = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("awrite"), frame_samples=FS, capacity=CAP, max_readers=READERS)
+    ring = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("awrite"), frame_samples=FS, capacity=CAP,
+                            max_readers=READERS)
     try:
         ring.write(frame_samples(0), capture_ns=1)
         with raw_mapping(ring.name) as buf:
@@ -486,7 +498,8 @@ def riff_files(draw) -> tuple[bytes, dict | None]:
     data_size = len(data)
     lie = draw(st.sampled_from(["none"] * 15 + ["zero", "huge", "gigabytes", "plus", "minus"]))
     if lie != "none":
-        data_size = {"zero": 0, "huge": 0xFFFFFFFF, "gigabytes": 3 * 1024**3, "plus": len(data) + draw(st.integers(1, 99)),
+        data_size = {"zero": 0, "huge": 0xFFFFFFFF, "gigabytes": 3 * 1024**3,
+                     "plus": len(data) + draw(st.integers(1, 99)),
                      "minus": max(0, len(data) - draw(st.integers(1, 99)))}[lie]
         sane = sane and lie == "minus" and data_size >= max(align, 1)
     chunks = b""
@@ -558,10 +571,13 @@ def test_load_wav_returns_16k_mono_int16_or_raises_audio_format_error(wav, tmp_p
 
 CLI_BAD_FILES = {
     "truncated_header": b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00",
-    "data_claims_gigabytes": (b"RIFF\xff\xff\xff\xffWAVEfmt " + struct.pack("<IHHIIHH", 16, 3, 2, 48000, 48000 * 16, 16, 64)
+    "data_claims_gigabytes": (b"RIFF\xff\xff\xff\xffWAVEfmt "
+                              + struct.pack("<IHHIIHH", 16, 3, 2, 48000, 48000 * 16, 16, 64)
                               + b"data" + struct.pack("<I", 0xFFFFFFF0) + b"\x00" * 64),
-    "extensible_unknown_guid": (b"RIFF\x00\x00\x00\x00WAVEfmt " + struct.pack("<IHHIIHH", 40, 0xFFFE, 1, 16000, 32000, 2, 16)
-                                + struct.pack("<HHI", 22, 16, 4) + b"\x55\x00" + bytes(14) + b"data\x04\x00\x00\x00\x00\x00\x00\x00"),
+    "extensible_unknown_guid": (b"RIFF\x00\x00\x00\x00WAVEfmt "
+                                + struct.pack("<IHHIIHH", 40, 0xFFFE, 1, 16000, 32000, 2, 16)
+                                + struct.pack("<HHI", 22, 16, 4) + b"\x55\x00" + bytes(14)
+                                + b"data\x04\x00\x00\x00\x00\x00\x00\x00"),
 }
 
 
@@ -685,7 +701,8 @@ def validate_outcome(fn, path: Path) -> str:
 @given(data=st.data())
 def test_truncated_ggml_is_always_refused(ggml_copy, tmp_path, data):
     _, original, lay = ggml_copy
-    boundaries = [0, 4, 48, 56, lay.tok_lens[0], *(s for s, _ in lay.tensor_heads[:20]), *(e for _, e in lay.tensor_data)]
+    boundaries = [0, 4, 48, 56, lay.tok_lens[0], *(s for s, _ in lay.tensor_heads[:20]),
+                  *(e for _, e in lay.tensor_data)]
     cut = data.draw(st.one_of(
         st.integers(0, 200_000),  # header, mel filters, vocabulary
         st.integers(0, lay.size - 1),
@@ -705,7 +722,8 @@ def _structural_offsets(lay: GgmlLayout):
         st.integers(48, 55).map(lambda o: ("mel_header", o)),
         st.integers(0, 3).map(lambda o: ("n_tokens", lay.tok_lens[0] - 4 + o)),
         st.sampled_from(lay.tok_lens).flatmap(lambda t: st.integers(t, t + 3)).map(lambda o: ("token_length", o)),
-        st.sampled_from(lay.tensor_heads).flatmap(lambda h: st.integers(h[0], h[1] - 1)).map(lambda o: ("tensor_header", o)),
+        st.sampled_from(lay.tensor_heads).flatmap(lambda h: st.integers(h[0], h[1] - 1))
+        .map(lambda o: ("tensor_header", o)),
     )
 
 
@@ -827,7 +845,8 @@ def gguf_data_end(data: bytes) -> int:
 @given(data=st.data())
 def test_truncated_gguf_is_refused(gguf_copy, tmp_path, data):
     _, original, end = gguf_copy
-    cut = data.draw(st.one_of(st.integers(0, 3_000_000), st.integers(0, end - 1), st.integers(end - 64, end - 1)), label="cut")
+    cut = data.draw(st.one_of(st.integers(0, 3_000_000), st.integers(0, end - 1), st.integers(end - 64, end - 1)),
+                    label="cut")
     p = tmp_path / "cut.gguf"
     p.write_bytes(original[:cut])
     assert validate_outcome(validate_gguf, p) == "refused"

@@ -238,7 +238,8 @@ def tree(root: Path) -> dict[str, tuple]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=NO_FIXTURE_CHECK)
 @given(picks=st.fixed_dictionaries({
-    "events": st.sampled_from([None, "dir", "file", "missing_dir/ev.jsonl", "file/ev.jsonl", "new.jsonl", "ro/ev.jsonl"]),
+    "events": st.sampled_from([None, "dir", "file", "missing_dir/ev.jsonl", "file/ev.jsonl", "new.jsonl",
+                               "ro/ev.jsonl"]),
     "state_dir": st.sampled_from(["dir", "file", "file/sub", "missing/deep", "ro", "/dev/null"]),
     "stt_model": st.sampled_from(["", "missing.bin", "dir", "file", "empty"]),
     "llm_model": st.sampled_from(["", "missing.gguf", "dir", "file", "empty"]),
@@ -372,7 +373,8 @@ def test_a_voiceprint_file_loads_or_is_one_line_and_is_never_rewritten(blob, tmp
         time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.get("enrolled_at", 0)))
         assert store.find(name.upper()) == name
     speakers = json.loads(blob)["speakers"]
-    unit = {n: np.asarray(e["embedding"], dtype=np.float64) / np.linalg.norm(e["embedding"]) for n, e in speakers.items()}
+    unit = {n: np.asarray(e["embedding"], dtype=np.float64) / np.linalg.norm(e["embedding"])
+            for n, e in speakers.items()}
     for name in store.names():  # each voice is recognised (or one with the very same direction)
         found, score = store.identify(unit[name], 0.99)
         assert score >= 0.99 and found in unit and float(unit[found] @ unit[name]) >= 0.99, (name, found, score)

@@ -1,4 +1,5 @@
-"""The benchmark corpus: built with the real TTS engines, loaded and validated like any folder in the contract's format."""
+"""The benchmark corpus: built with the real TTS engines, loaded and validated like any folder in the contract's
+format."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_quick_corpus_builds_and_loads(quick):
         start, end = (int(x * RATE) for x in u.pause_s)
         assert 0.4 <= (end - start) / RATE <= 0.8 and end < u.speech_end_s * RATE
         assert np.abs(audio[start + 160:end - 160]).max() < 100
-        assert window_db(audio[start - 1600:start], 1600).max() > -35 and window_db(audio[end:end + 1600], 1600).max() > -35
+        assert window_db(audio[start - 1600:start], 1600).max() > -35
+        assert window_db(audio[end:end + 1600], 1600).max() > -35
     negatives = [u for u in utts if u.kind == "negative"]
     assert len(negatives) == 3 and not any(u.wake for u in negatives)
     noise = [u for u in negatives if u.transcript == ""]

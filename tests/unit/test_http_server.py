@@ -464,7 +464,7 @@ class DevTools:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        self._log = open(profile.parent / f"{profile.name}.log", "wb")  # noqa: SIM115 - closed in close()
+        self._log = open(profile.parent / f"{profile.name}.log", "wb")  # closed in close()
         self.proc = subprocess.Popen(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -543,7 +543,8 @@ LAYOUT = """(() => {
     .filter(e => getComputedStyle(e).display !== "none").map(e => [e.querySelector("h2").textContent, box(e)]);
   const overlaps = [];
   for (const [i, [na, a]] of panels.entries()) for (const [nb, b] of panels.slice(i + 1))
-    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) overlaps.push([na, nb]);
+    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1)
+      overlaps.push([na, nb]);
   const outside = panels.filter(([, r]) => r.right > innerWidth + 0.5 || r.bottom > innerHeight + 0.5).map(([n]) => n);
   const col = [...document.querySelectorAll("#workers th")].findIndex(th => th.textContent === "heartbeat");
   const cells = [...document.querySelectorAll("#workers tr")].map(tr => tr.children[col]).filter(Boolean);

@@ -34,8 +34,8 @@ def vigil_segments_of(pid: int) -> list[str]:
 def run_vigil(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
               toml: str | None = None) -> tuple[subprocess.CompletedProcess, float]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    environ.update({"VIGIL_METRICS__STATE_DIR": str(tmp_path / "state"), "VIGIL_MODELS__DIR": str(tmp_path / "no-models"),
-                    **(env or {})})
+    environ.update({"VIGIL_METRICS__STATE_DIR": str(tmp_path / "state"),
+                    "VIGIL_MODELS__DIR": str(tmp_path / "no-models"), **(env or {})})
     if toml is not None:
         (tmp_path / "vigil.toml").write_text(toml)
         args = [*args, "--config", str(tmp_path / "vigil.toml")]

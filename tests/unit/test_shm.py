@@ -581,7 +581,8 @@ def test_writers_sigkilled_in_a_tight_write_loop_leave_nothing_a_reader_takes_an
     """kill -9 lands mid-write (the writers never wait); readers reading concurrently get only intact
     data, nothing is counted corrupt, and a restarted writer carries on from where the ring stands."""
     fs = 512
-    audio = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("killaudio"), frame_samples=fs, capacity=64, max_readers=2)
+    audio = AudioRing.create(sample_rate=SAMPLE_RATE, name=seg("killaudio"), frame_samples=fs, capacity=64,
+                             max_readers=2)
     msgs = MessageRing.create(seg("killmsg"), slots=64, slot_size=1024, policy=Policy.DROP_OLDEST)
     procs = [CTX.Process(target=audio_writer_from, args=(audio.name, -1)),
              CTX.Process(target=message_producer, args=(msgs.name, "A", -1, 1000))]

@@ -181,7 +181,8 @@ def test_normalize_and_durations():
 def test_readings_peel_fillers_stutters_and_a_leaked_wake_phrase():
     assert readings("Set a timer for, uh, five minutes.") == ["set a timer for 5 minutes"]
     assert readings("What, what time is it?") == ["what time is it"]
-    assert readings("This, set a timer for 5 minutes.") == ["this set a timer for 5 minutes", "set a timer for 5 minutes"]
+    assert readings("This, set a timer for 5 minutes.") == ["this set a timer for 5 minutes",
+                                                            "set a timer for 5 minutes"]
     assert without_leaked_wake("Hey. Jarvis, what's the time?") == "what's the time?"
     # a leak is a short clause of wake-phrase sounds; anything else stays
     assert without_leaked_wake("This time, please.") is None
@@ -236,8 +237,8 @@ def test_bench_report_shows_the_skill_routing_figures():
     from bench.render import render_markdown
 
     result = evaluate(PHRASINGS)
-    md = render_markdown({"skills": {**result, "false_skills": [{"text": "Timer.", "expected": None, "routed": "timer"}]}},
-                         [])
+    false_skills = [{"text": "Timer.", "expected": None, "routed": "timer"}]
+    md = render_markdown({"skills": {**result, "false_skills": false_skills}}, [])
     assert f"| skill accuracy (phrasings that must reach a skill) | 100.0 % of {result['to_skill']} |" in md
     assert f"| false-skill rate (answered by a skill they should not reach) | 0.0 % of {len(PHRASING_ROWS)} |" in md
     assert '- false skill: "Timer." → timer (expected the LLM)' in md

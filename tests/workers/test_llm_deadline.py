@@ -69,7 +69,8 @@ def test_a_broken_ollama_answers_friendly_within_the_budget_from_speech_end(faul
     double = FAULTS[fault]() if FAULTS[fault] else None
     harness = WorkerHarness(worker_config(host=double.url if double else closed_port_url(),
                                           first_token_timeout_s=FIRST_S, total_timeout_s=2.0))
-    worker = llm_worker.LlmWorker(harness.ctx, engine=llm_worker.make_engine(harness.ctx.config), helpers=harness.helpers)
+    worker = llm_worker.LlmWorker(harness.ctx, engine=llm_worker.make_engine(harness.ctx.config),
+                                  helpers=harness.helpers)
 
     def loop() -> None:  # Worker.run without setup(): no warm-up against a server that never answers
         while not harness.ctx.should_stop():
