@@ -79,8 +79,9 @@ def utterance_records(utterances, matched: list[Matched], t0_ns: int) -> list[di
         u = utterances[m.placement.index]
         row = m.session or {}
         record = {
-            "wav": str(u.wav), "kind": u.kind, "voice": u.voice or u.speaker, "voice_id": u.speaker, "pass": m.placement.pass_no,
-            "offset_s": m.placement.offset_s, "duration_s": m.placement.duration_s, "wake_expected": bool(u.wake), "wake_detected": m.session is not None,
+            "wav": str(u.wav), "kind": u.kind, "voice": u.voice or u.speaker, "voice_id": u.speaker,
+            "pass": m.placement.pass_no, "offset_s": m.placement.offset_s, "duration_s": m.placement.duration_s,
+            "wake_expected": bool(u.wake), "wake_detected": m.session is not None,
             "extra_wakes": m.extra_wakes, "transcript_ref": u.transcript, "transcript": row.get("transcript"),
             "route": row.get("route"), "degraded": row.get("degraded"), "response": row.get("response"),
             "speaker_heard": row.get("speaker"), "vigil": {},

@@ -70,7 +70,7 @@ class ResourceSampler:
             if row is not None:
                 self.samples.append(row)
 
-    def start(self) -> "ResourceSampler":
+    def start(self) -> ResourceSampler:
         self._t0 = time.monotonic()
         self._thread.start()
         return self

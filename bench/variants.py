@@ -79,7 +79,7 @@ def measure_variants(utterances, run_dir: Path, count: int = 24, progress: bool 
     for name, env in VARIANTS.items():
         out[name] = measure_variant(chosen, run_dir, name, env, progress=progress)
     base = out["default"].get("speech_end_to_first_token", {}).get("p50")
-    for name, result in out.items():
+    for result in out.values():
         p50 = result.get("speech_end_to_first_token", {}).get("p50")
         result["p50_ratio_to_default"] = round(p50 / base, 3) if base and p50 else None
     return out

@@ -30,8 +30,9 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -245,6 +246,11 @@ def _load_traces(out_dir, engine: str, streams: dict) -> dict | None:
     return {**meta, "traces": tr}
 
 
+def _frames_of(audio: np.ndarray) -> Callable[[int], np.ndarray]:
+    """``_detect``'s feed for one stream: frame ``i`` of ``audio`` (bound here, not to a loop variable)."""
+    return lambda i: audio[i * FRAME:(i + 1) * FRAME]
+
+
 def _detect(det, feed, n: int) -> list[dict]:
     found = []
     for i in range(n):
@@ -280,7 +286,7 @@ def propose(engine_name: str, threshold: float, streams: dict, wake_config=None,
         audio = st["audio"]
         n = audio.size // FRAME
         c0 = time.process_time()
-        out["proposals"][key] = _detect(det, lambda i: audio[i * FRAME:(i + 1) * FRAME], n)
+        out["proposals"][key] = _detect(det, _frames_of(audio), n)
         out["cpu_s"] += time.process_time() - c0
         out["audio_s"] += n * FRAME / SAMPLE_RATE
         if progress:
@@ -643,7 +649,8 @@ def margin_sweep(cfg: dict, prop: dict, streams: dict, min_log10p: float) -> lis
 
 def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                   configs: tuple[str, ...] | list[str] | None = None,
-                  progress: Callable[[str], None] | bool | None = None, *, whisper_model: str | os.PathLike | None = None,
+                  progress: Callable[[str], None] | bool | None = None, *,
+                  whisper_model: str | os.PathLike | None = None,
                   min_score: float | None = None, mode: str | None = None, tune: bool = False,
                   score_min: float = 0.5, wake_config=None, forced_model: str | os.PathLike | None = None,
                   min_margin: float | None = None) -> dict[str, Any]:
@@ -718,7 +725,8 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
                                          traces=traces.get(cfg["engine"]))
             except (WakeEngineUnavailable, ImportError, OSError) as exc:
                 proposals[key] = {"unavailable": str(exc)}
-        prop = proposals.get(key) or {"engine": "onset", "proposals": {}, "cpu_s": 0.0, "audio_s": onset_prop["audio_s"]}
+        prop = proposals.get(key) or {"engine": "onset", "proposals": {}, "cpu_s": 0.0,
+                                      "audio_s": onset_prop["audio_s"]}
         if "unavailable" in prop:
             skipped[cfg["name"]] = prop["unavailable"]
             continue
@@ -738,7 +746,8 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
                 forced_tuning[cfg["name"]] = {"chosen": {"min_margin": chosen}, "table": table, "split": "tune"}
             forced = (chosen, MIN_LOG10P)
             results[cfg["name"]] = score_config(cfg, prop, streams, forced=forced)
-            results[cfg["name"]]["heldout"] = score_config(cfg, prop, streams, split="heldout", forced=forced)["conditions"]
+            heldout = score_config(cfg, prop, streams, split="heldout", forced=forced)
+            results[cfg["name"]]["heldout"] = heldout["conditions"]
             results[cfg["name"]]["margin_sweep"] = margin_sweep(cfg, prop, streams, MIN_LOG10P)
         elif cfg["verify"]:
             if not prop.get("verified"):
@@ -814,7 +823,8 @@ def rescore(corpus_dir, proposals_path, out_dir=None, *, tune: bool = True, mode
         prop = props.setdefault(key, {"engine": r["engine"], "proposals": {k: [] for k in streams},
                                       "cpu_s": 0.0, "audio_s": 1.0})
         prop["proposals"][r["stream"]].append(r)
-    verifier = WakeVerifier(None, mode=mode or DEFAULT_MODE, min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
+    verifier = WakeVerifier(None, mode=mode or DEFAULT_MODE,
+                            min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)
     results, tuning = {}, None
     for (eng, thr), prop in props.items():
         cfg = {"name": f"{eng}@{thr:g}+verify", "engine": eng, "threshold": thr, "verify": True}
@@ -866,17 +876,21 @@ def forced_details(report: dict) -> str:
         if r.get("mode") != "forced":
             continue
         lines.append(f"== {name}: min margin {r['min_margin']:g}, min log10p {r['min_log10p']:g}"
-                     + (f", ignored {r['ignored']}, proposals by source {r['proposals_by_source']}" if "ignored" in r else ""))
+                     + (f", ignored {r['ignored']}, proposals by source {r['proposals_by_source']}"
+                        if "ignored" in r else ""))
         lines.append("  heldout: " + " ".join(f"{c} {v['detected']}/{v['total']}" for c, v in r["heldout"].items())
-                     + "; room condition by room: " + " ".join(f"{k} {v}" for k, v in r.get("room_by_room", {}).items()))
+                     + "; room condition by room: "
+                     + " ".join(f"{k} {v}" for k, v in r.get("room_by_room", {}).items()))
         lines.append(f"  verified per hour: {r['verified_per_hour']}  verify ms {r['verify_ms']}")
         if r.get("near_miss_texts"):
             lines.append(f"  near misses that woke: {r['near_miss_texts']}")
         lines.append(f"  {'margin':>6s} " + " ".join(f"{c:>7s}" for c in CONDITIONS)
                      + " " + " ".join(f"{s:>9s}" for s in NEGATIVE_SETS) + "   dbl")
         for row in r.get("margin_sweep", []):
-            lines.append(f"  {row['min_margin']:>6g} " + " ".join(f"{row[c]:>3d}/{row['totals'][c]:<3d}" for c in CONDITIONS)
-                         + " " + " ".join(f"{row['false_' + s]:>9d}" for s in NEGATIVE_SETS) + f" {row['double_wakes']:>5d}")
+            lines.append(f"  {row['min_margin']:>6g} "
+                         + " ".join(f"{row[c]:>3d}/{row['totals'][c]:<3d}" for c in CONDITIONS)
+                         + " " + " ".join(f"{row['false_' + s]:>9d}" for s in NEGATIVE_SETS)
+                         + f" {row['double_wakes']:>5d}")
         t = (report.get("forced_tuning") or {}).get(name)
         if t:
             for row in t["table"]:
@@ -898,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, help="verifier min score (default: the module's)")
     ap.add_argument("--mode", choices=("text", "score", "confirm"), help="verifier mode (default: the module's)")
     ap.add_argument("--min-margin", type=float, help="forced verifier's min margin (default: engines.wake.forced's)")
-    ap.add_argument("--tune", action="store_true", help="choose the verifier's min score on the tune half of the voices")
+    ap.add_argument("--tune", action="store_true",
+                    help="choose the verifier's min score on the tune half of the voices")
     ap.add_argument("--rescore", metavar="PROPOSALS_JSONL",
                     help="judge the stored readings of an earlier run again (no engines, no decoding)")
     args = ap.parse_args(argv)
