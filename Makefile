@@ -79,8 +79,10 @@ test: models
 test-fast: models
 	$(PY) -m pytest -q tests/unit "tests/e2e/test_pipeline_e2e.py::test_spoken_request_is_answered_with_latency" $(PYTEST_ARGS)
 
-# Static checks: mypy on the shared-memory layer and the contracts in core/ ([tool.mypy] in pyproject.toml).
+# Static checks: ruff on everything ([tool.ruff]) and mypy on the shared-memory layer and the contracts in
+# core/ ([tool.mypy]), both configured in pyproject.toml.
 lint: deps
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 # The benchmark harness: corpus → Vigil vs sequential baseline vs compute floor, idle, load → bench/out/latest.
