@@ -134,5 +134,5 @@ def endpoint(modes: dict[str, list[dict]]) -> list[str]:
         lines.append(_line("endpoint", f"{mode}: speech end → first token {_p(complete)} (n {complete['n']})",
                            f"hesitations cut off {hesitation['cut_offs']}/{hesitation['n']}",
                            "" if hesitation["extra_wait_ms"] is None else
-                           f"a hesitation waits {_ms(hesitation['extra_wait_ms'])} more"))
+                           f"extra wait on a hesitation {_ms(hesitation['extra_wait_ms'])}"))
     return lines

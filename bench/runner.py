@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -306,7 +307,10 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
               load: bool, quick: bool, progress: bool = True, wake_eval: bool = True,
-              variant_runs: bool = True, endpoint_modes: bool = True) -> int:
+              variant_runs: bool = True, endpoint_modes: bool = True, figures: bool | None = None) -> int:
+    """The whole bench into ``out``/<run>/; 1 when the latency budget is exceeded. ``progress``: bars (for a
+    terminal); ``figures``: each phase's key figures printed as it ends (default: with the bars), plain lines
+    that belong in a log too."""
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
@@ -323,11 +327,15 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
     run = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / run
     run_dir.mkdir(parents=True, exist_ok=True)
-    # each phase's key figures as it ends (bench/phase_lines.py), above the bar of the next
+    show_figures = progress if figures is None else figures
+
     def say(*lines: str) -> None:
-        if progress:
+        """Each phase's key figures as it ends (bench/phase_lines.py), above the bar of the next; flushed, so
+        a log or a pipe gets them then too."""
+        if show_figures:
             for line in lines:
                 tqdm.write(line)
+            sys.stdout.flush()
 
     enrolled = enroll_voices(config, run_dir / "vigil" / "state", progress=progress)  # the replay's state dir
     records, vigil_extra = measure_vigil(utterances, run_dir, passes, gap_s, progress)

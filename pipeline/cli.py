@@ -143,7 +143,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _setup_logging()
     return run_bench(config, corpus=Path(args.corpus) if args.corpus else None, out=Path(args.out), passes=passes,
                      gap_s=config.bench.gap_s, idle_s=idle_s, load=not args.no_load, quick=args.quick,
-                     progress=sys.stderr.isatty(), wake_eval=not args.no_wake, variant_runs=not args.no_variants)
+                     progress=sys.stderr.isatty(), figures=True, wake_eval=not args.no_wake,
+                     variant_runs=not args.no_variants)
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:

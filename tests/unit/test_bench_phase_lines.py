@@ -110,5 +110,5 @@ def test_wake_and_endpoint_lines():
     lines = phase_lines.endpoint({"turn": _records() + hesitant, "silence": []})
     # complete requests: HEADS (p50 550); hesitations: 1 of 2 cut off, the whole one answered 700 ms later
     assert lines[0] == ("endpoint   turn: speech end → first token p50 550 ms p95 685 ms (n 4) · "
-                        "hesitations cut off 1/2 · a hesitation waits 700 ms more")
+                        "hesitations cut off 1/2 · extra wait on a hesitation 700 ms")
     assert lines[1] == "endpoint   silence: speech end → first token p50 n/a p95 n/a (n 0) · hesitations cut off 0/0"
