@@ -136,3 +136,9 @@ def endpoint(modes: dict[str, list[dict]]) -> list[str]:
                            "" if hesitation["extra_wait_ms"] is None else
                            f"extra wait on a hesitation {_ms(hesitation['extra_wait_ms'])}"))
     return lines
+
+
+def min_pause(curve: list[dict]) -> str:
+    """The ``turn_min_pause_ms`` sweep: each value's complete-request headline and the hesitations it cut off."""
+    return _line("min pause", *(f"{c['min_pause_ms']} ms: {_p(c)}, cut off {c['cut_offs']}/{c['hesitations']}"
+                                for c in curve))

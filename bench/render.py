@@ -196,8 +196,15 @@ def _endpoint_section(report: dict) -> list[str]:
             f"{fmt(endpoint.get('vs_baseline_p50'), 2, '×')} {check('vs_baseline')}.", ""]
     if voices:
         out += ["Complete requests per voice:", ""] + table(["mode", "voice", "p50", "p95", "n"], voices) + [""]
+    sweep = [_dict(c) for c in _list(endpoint.get("min_pause_curve"))]
+    if sweep:
+        out += ["Trade-off (measured, `bench --min-pause-sweep`): the endpoint set replayed in turn mode once per "
+                "`turn_min_pause_ms`, the pause after which a pause is judged.", ""]
+        out += table(["turn_min_pause_ms", "SE→FT p50", "p95", "n", "hesitations cut off"],
+                     [[fmt_int(c.get("min_pause_ms")), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")), fmt_int(c.get("n")),
+                       f"{fmt_int(c.get('cut_offs'))} / {fmt_int(c.get('hesitations'))}"] for c in sweep]) + [""]
     curve = [_dict(c) for c in _list(endpoint.get("threshold_curve"))]
-    if curve:
+    if any(c.get("n") for c in curve):  # only requests the turn model scored have a point on it
         out += ["Trade-off (estimated from this run's turn-model scores): a higher `turn_threshold` makes complete "
                 "requests wait; the hesitation set's open endings wait whatever the threshold.", ""]
         out += table(["turn_threshold", "SE→FT p50", "p95", "requests that wait", "n"],

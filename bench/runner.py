@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from bench import phase_lines
 from bench.analysis import (
-    STAGES, baseline_rows, budget_p95_ms, endpoint_summary, floor_figures, input_t0_ns, join_baseline, join_floor,
-    match_sessions, span_percentiles, speedup, stage_percentiles, stage_split, threshold_curve, utterance_records,
-    wake_by_condition, wake_summary,
+    HEADLINE_SPANS, STAGES, baseline_rows, budget_p95_ms, endpoint_summary, floor_figures, input_t0_ns,
+    join_baseline, join_floor, match_sessions, span_percentiles, speedup, stage_percentiles, stage_split,
+    threshold_curve, utterance_records, wake_by_condition, wake_summary,
 )
 from bench.replay import RATE, build_replay, progress_bar, run_pipeline
 from bench.resources import summarize
@@ -89,30 +89,57 @@ ENDPOINT_VOICES = ("piper", "espeak-ng:en-us", "flite:slt")  # complete requests
 ENDPOINT_TARGETS = {"p50_ms": 350.0, "p95_ms": 600.0, "cut_off_rate": 0.05, "vs_baseline_p50": 3.0}
 
 
+# `[stt] turn_min_pause_ms` values replayed on the endpoint set by a full bench: the trade-off between the
+# wait every answer pays and the hesitations cut off (report.json endpoint.min_pause_curve).
+MIN_PAUSE_SWEEP_MS = (50, 100, 150)
+
+
 def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, gap_s: float = 1.5,
-                          voices: tuple[str, ...] = ENDPOINT_VOICES) -> list[dict]:
+                          voices: tuple[str, ...] = ENDPOINT_VOICES, min_pause_ms: int | None = None) -> list[dict]:
     """The hesitation set and complete requests (the neural voice and one of each other engine) replayed once
-    with ``[stt] endpoint = mode``: the other endpoint mode than the main replay's, in the same run."""
+    with ``[stt] endpoint = mode`` (and ``turn_min_pause_ms``, when given): the other endpoint mode than the main
+    replay's, or one point of the min-pause sweep, in the same run."""
     chosen = [u for u in utterances if u.wake and (getattr(u, "pause_s", None) is not None
                                                     or any(u.voice.startswith(v) for v in voices))]
     if not chosen:
         return []
-    wav = run_dir / f"endpoint-{mode}.wav"
+    label = mode if min_pause_ms is None else f"{mode}-min-pause-{min_pause_ms}"
+    env = {"VIGIL_STT__ENDPOINT": mode}
+    if min_pause_ms is not None:
+        env["VIGIL_STT__TURN_MIN_PAUSE_MS"] = str(min_pause_ms)
+    wav = run_dir / f"endpoint-{label}.wav"
     placements = build_replay(chosen, wav, passes=1, gap_s=gap_s)
     audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
-    bar, tick = progress_bar(audio_s + 10, f"endpoint {mode}: replaying {len(placements)} utterances", progress)
-    result = run_pipeline(wav, run_dir / f"endpoint-{mode}", extra_args=("--exit-when-done",), on_tick=tick,
-                          env={"VIGIL_STT__ENDPOINT": mode}, timeout_s=audio_s * 2 + 300)
+    bar, tick = progress_bar(audio_s + 10, f"endpoint {label}: replaying {len(placements)} utterances", progress)
+    result = run_pipeline(wav, run_dir / f"endpoint-{label}", extra_args=("--exit-when-done",), on_tick=tick,
+                          env=env, timeout_s=audio_s * 2 + 300)
     bar.close()
     wav.unlink()
     if result.returncode != 0:
-        raise RuntimeError(f"the pipeline ({mode} endpointing) exited with {result.returncode}:\n{result.stderr_tail}")
+        raise RuntimeError(f"the pipeline ({label} endpointing) exited with {result.returncode}:\n{result.stderr_tail}")
     t0 = input_t0_ns(result.events)
     matched, _ = match_sessions(placements, result.sessions, t0)
     return utterance_records(chosen, matched, t0)
 
 
-def endpoint_report(config: Config, records: list[dict], other: dict[str, list[dict]], baseline_spans: dict) -> dict:
+def measure_min_pause_curve(utterances, run_dir: Path, progress: bool) -> list[dict]:
+    """The endpoint set replayed in "turn" mode once per ``MIN_PAUSE_SWEEP_MS`` value: complete requests' speech
+    end -> first token against the hesitations cut off, per value."""
+    curve = []
+    for min_pause in MIN_PAUSE_SWEEP_MS:
+        try:
+            records = measure_endpoint_mode(utterances, run_dir, "turn", progress, min_pause_ms=min_pause)
+        except Exception as exc:  # one point lost, not the bench
+            tqdm.write(f"turn_min_pause_ms {min_pause} not measured: {exc}")
+            continue
+        summary = endpoint_summary(records)
+        curve.append({"min_pause_ms": min_pause, **summary["complete"][HEADLINE_SPANS[0]],
+                      "cut_offs": summary["hesitation"]["cut_offs"], "hesitations": summary["hesitation"]["n"]})
+    return curve
+
+
+def endpoint_report(config: Config, records: list[dict], other: dict[str, list[dict]], baseline_spans: dict,
+                    min_pause_curve: list[dict] | None = None) -> dict:
     """report.json's ``endpoint``: per mode (the main replay's and the other), the targets and whether they hold."""
     modes = {config.stt.endpoint: endpoint_summary(records)}
     modes.update({mode: endpoint_summary(recs) for mode, recs in other.items()})
@@ -127,8 +154,9 @@ def endpoint_report(config: Config, records: list[dict], other: dict[str, list[d
     curve = threshold_curve(records, config.stt.turn_max_pause_ms, TurnPolicy().text_weight) \
         if config.stt.endpoint == "turn" else []
     return {"default": config.stt.endpoint, "modes": modes, "threshold_curve": curve,
+            "min_pause_curve": min_pause_curve or [],
             "config": {"turn_threshold": config.stt.turn_threshold, "turn_max_pause_ms": config.stt.turn_max_pause_ms,
-                       "end_silence_ms": config.stt.end_silence_ms},
+                       "turn_min_pause_ms": config.stt.turn_min_pause_ms, "end_silence_ms": config.stt.end_silence_ms},
             "baseline_end_silence_ms": config.bench.baseline_end_silence_ms, "vs_baseline_p50": vs,
             "targets": {**t, "met": {"p50": bool(head.get("n")) and head["p50"] <= t["p50_ms"],
                                      "p95": bool(head.get("n")) and head["p95"] <= t["p95_ms"],
@@ -307,10 +335,11 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
               load: bool, quick: bool, progress: bool = True, wake_eval: bool = True,
-              variant_runs: bool = True, endpoint_modes: bool = True, figures: bool | None = None) -> int:
+              variant_runs: bool = True, endpoint_modes: bool = True, min_pause_sweep: bool = False,
+              figures: bool | None = None) -> int:
     """The whole bench into ``out``/<run>/; 1 when the latency budget is exceeded. ``progress``: bars (for a
     terminal); ``figures``: each phase's key figures printed as it ends (default: with the bars), plain lines
-    that belong in a log too."""
+    that belong in a log too; ``min_pause_sweep``: the endpoint set once per ``MIN_PAUSE_SWEEP_MS``."""
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
@@ -375,11 +404,15 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
                 other_modes[mode] = []
                 tqdm.write(f"endpoint mode {mode} not measured: {exc}")
         say(*phase_lines.endpoint({config.stt.endpoint: records, **other_modes}))
+    min_pause_curve = measure_min_pause_curve(utterances, run_dir, progress) if min_pause_sweep else []
+    if min_pause_curve:
+        say(phase_lines.min_pause(min_pause_curve))
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
     # speaker figures by what this run enrolled (a held-out --corpus names its speakers its own way)
     report["speaker"] = {**speaker_summary(records, enrolled),
                          "by_condition": speaker_by(records, enrolled, "condition")}
-    report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"])
+    report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"],
+                                         min_pause_curve)
     report["tail"] = {"continuous": stage_split(records),
                       **{f"endpoint_{mode}": stage_split(recs) for mode, recs in other_modes.items()}}
     if wake_detail:

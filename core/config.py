@@ -170,6 +170,9 @@ class SttConfig:
     endpoint: str = key("turn", choices=("turn", "silence"))
     turn_threshold: float = key(0.5, ge=0, le=1)  # evidence a pause needs at its start; falls to 0 at turn_max_pause_ms
     turn_max_pause_ms: int = key(1300, gt=0, le=10_000)  # "turn": the longest a pause holds a request open
+    # "turn": a pause is judged (transcribed, its turn decided) once it is this long. Shorter gaps are the spaces
+    # between words: judging each keeps STT a decode behind the speech; longer ones add their length to every answer.
+    turn_min_pause_ms: int = key(100, ge=0, le=2000)
     end_silence_ms: int = key(500, gt=0, le=10_000)  # "silence": end-of-speech silence that closes the request
     # Transcribe as soon as a pause this long begins, while the endpoint silence is still running;
     # if the pause turns out to be the end, the transcript is already there (0 = off).

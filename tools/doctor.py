@@ -63,16 +63,14 @@ def endpoint_timing(current) -> dict[str, Any]:
 
     "silence": the request ends ``end_silence_ms`` after the speech end and the decode starts after
     ``speculative_silence_ms``, so a decode that finishes inside the silence costs nothing. "turn": the decode
-    starts after a pause of ``TURN_MIN_PAUSE_MS`` (workers/stt.py) and a request that reads complete ends with
+    starts after a pause of ``turn_min_pause_ms`` and a request that reads complete ends with
     it, so nothing hides the decode: it may take what the budget leaves after the pause, the LLM's first token
     and the overhead."""
     stt = current.stt
     if stt.endpoint == "silence":
         return {"mode": "silence", "end_wait_ms": stt.end_silence_ms, "pause_ms": stt.speculative_silence_ms,
                 "stt_window_ms": stt.end_silence_ms}
-    from workers.stt import TURN_MIN_PAUSE_MS
-
-    return {"mode": "turn", "end_wait_ms": TURN_MIN_PAUSE_MS, "pause_ms": TURN_MIN_PAUSE_MS,
+    return {"mode": "turn", "end_wait_ms": stt.turn_min_pause_ms, "pause_ms": stt.turn_min_pause_ms,
             "stt_window_ms": BUDGET_MS - LLM_FIRST_TOKEN_MAX_MS - OVERHEAD_MS}
 
 

@@ -33,11 +33,6 @@ from engines.stt.turn import SmartTurn, TurnPolicy, TurnVerdict, open_ending
 from engines.stt.vad import Endpointer, SileroVad
 from engines.stt.whispercpp import WhisperEngine
 
-# "turn": a pause is judged (transcribed, scored) once it is this long and no audio waits unread. Shorter gaps
-# are the spaces between words: judging each one kept STT a decode behind the speech (on the Piper voice the
-# final decision came 1-2.7 s after the speech end), judging none shorter than this costs the answer <100 ms.
-TURN_MIN_PAUSE_MS = 100
-
 # Where the request starts after a verified wake: this long after the wake phrase's end as the verifier aligned
 # it (its cross-attention puts the end a little early). Measured by `python -m bench.stt_study hearing` on the
 # bench and wake corpora: +50 ms heard the bench corpus's clean requests best; the true end, the aligned end
@@ -270,7 +265,9 @@ class SttWorker(Worker):
             return None
         pause_ms = (endpointer.samples_fed - pause) * 1000 / SAMPLE_RATE
         if session.pause is None or session.pause[0] != end_sample:
-            if pause_ms < TURN_MIN_PAUSE_MS:
+            # `[stt] turn_min_pause_ms`: judging every gap between words kept STT a decode behind the speech (on
+            # the Piper voice the final decision came 1-2.7 s after the speech end); the default costs <100 ms.
+            if pause_ms < self.config.stt.turn_min_pause_ms:
                 return None
             session.pause = (end_sample, self.judge_pause(session, end_sample))
             return None  # audio came while we judged: read it before deciding
