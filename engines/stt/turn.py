@@ -83,6 +83,10 @@ what's whats what where when why how which whose whom
 please set turn tell give show play call remind make put start stop add find
 it's i'm i'd i'll let's
 """.split())
+# A pronoun whisper writes for words it has not heard yet: "set a timer for …" decoded at the pause reads "Set a
+# timer for it." (on Piper, espeak-ng and flite alike), "tell me something about …" "… about it." A request that
+# means it ("what do you make of it") waits the longer pause, and loses no words.
+FILLER_AFTER = frozenset("for of to with from into onto about over under after before than like".split())
 QUESTION_WORDS = frozenset("who what where when why how which whose whom".split())
 SUBJECTS = frozenset("i you we they he she it".split())
 MODALS = frozenset("can could would will should shall may might must do does did".split())
@@ -95,7 +99,8 @@ def open_ending(text: str) -> bool:
     """True when the transcript cannot be a finished request: empty (or only whisper's non-speech tags),
     trailing off, a question word and at most one more word ("who wrote", "how many": a request is longer),
     or an open last word — except a main verb "do" after its subject ("what can you do") and "you" that no
-    modal asks a verb of ("thank you", "how are you"; "can you" stays open)."""
+    modal asks a verb of ("thank you", "how are you"; "can you" stays open) — or "it" after a preposition,
+    whisper's stand-in for the words still to come ("set a timer for it")."""
     stripped = _NON_SPEECH.sub(" ", text).strip()
     if not stripped or _TRAILING_OFF.search(stripped):
         return True
@@ -109,6 +114,8 @@ def open_ending(text: str) -> bool:
         return False
     if last == "you" and before not in MODALS:
         return False
+    if last == "it" and before in FILLER_AFTER:
+        return True
     return last in OPEN_WORDS
 
 
