@@ -38,7 +38,7 @@ def subset_corpus(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.timeout(600)  # the harness on five files: every phase but load, ~2.5 min on a 2-core box
+@pytest.mark.timeout(600)  # the harness on five files: every phase but load, ~3.5 min on a 2-core box
 def test_quick_bench_writes_the_contract_report(tmp_path, models):
     out = tmp_path / "out"
     corpus = subset_corpus(tmp_path / "corpus")
