@@ -163,7 +163,14 @@ class SttWorker(Worker):
                                      no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
                                      frame_samples=self.ctx.audio.frame_samples)
         self.turn_policy = TurnPolicy(threshold=cfg.turn_threshold, max_pause_ms=cfg.turn_max_pause_ms)
-        self.turn_model = self.make_turn_model() if cfg.endpoint == "turn" else None
+        self.turn_model = None
+        if cfg.endpoint == "turn":
+            if self.turn_policy.model_can_decide(cfg.turn_min_pause_ms):
+                self.turn_model = self.make_turn_model()
+            else:
+                self.log.info("turn model not loaded: at turn_threshold %.2f a transcript that reads complete ends "
+                              "the request on its words alone (raise [stt] turn_threshold to let Smart Turn judge)",
+                              cfg.turn_threshold)
         self.verifier = self.make_verifier()
         self.reader = self.ctx.audio.reader(slot=self.ctx.spec.audio_slot)
         self.reader.set_active(False)

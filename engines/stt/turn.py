@@ -18,7 +18,8 @@ worker transcribes what it has and asks three witnesses whether the request is c
 first moment, falling linearly to 0 at ``max_pause_ms`` (then the request ends whatever the
 witnesses say). ``evidence`` is the model's probability, or a fixed ``text_prior`` when the
 model is absent, lifted by ``text_weight`` for a transcript that reads complete and zeroed for
-an open ending.
+an open ending. With the default weights the words alone meet the threshold, so the worker loads
+the model only when ``TurnPolicy.model_can_decide`` (a stricter ``[stt] turn_threshold``).
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ class TurnPolicy:
 
     def complete(self, evidence: float, pause_ms: float) -> bool:
         return pause_ms >= self.max_pause_ms or evidence >= self.required(pause_ms)
+
+    def model_can_decide(self, min_pause_ms: float) -> bool:
+        """Whether the audio model's score can change any decision for pauses judged at ``min_pause_ms`` or
+        later: not when a transcript that reads complete meets the threshold on its words alone (score 0), and an
+        open one waits whatever the model says. Then loading the model only costs memory (34 MB of RSS) and start-up."""
+        return self.evidence(0.0, "complete") < self.required(min_pause_ms)
 
     def wait_ms(self, evidence: float) -> float:
         """The pause length at which ``evidence`` becomes enough (0: at once)."""

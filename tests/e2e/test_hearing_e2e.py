@@ -93,11 +93,16 @@ def test_a_slow_speaker_id_never_holds_the_answer(tmp_path, models):
 
 
 def test_single_stage_wake_stays_selectable(tmp_path, models):
+    """Wake without the verifier, and (a second selectable path in the same run) a turn threshold strict
+    enough that Smart Turn is loaded and asked: its score is recorded with the session's spans."""
     wav = conversation(tmp_path / "talk.wav", [("Hey Jarvis, what is the capital of France?", STRANGER_VOICE)])
-    events, _, stderr = run(wav, tmp_path, VIGIL_WAKE__VERIFY="off")
+    events, sessions, stderr = run(wav, tmp_path, VIGIL_WAKE__VERIFY="off", VIGIL_STT__TURN_THRESHOLD="0.8")
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 1 and wakes[0]["verify_score"] is None, stderr[-3000:]
     assert [e for e in events if e["type"] == "response"]
+    assert "turn model not loaded" not in stderr
+    scores = [s["spans"]["endpoint_score"] for s in sessions if "endpoint_score" in s["spans"]]
+    assert len(scores) == 1 and 0.0 <= scores[0] <= 1.0, (sessions, stderr[-3000:])
 
 
 def test_an_utterance_start_wakes_when_the_engine_does_not(tmp_path, models):

@@ -92,6 +92,8 @@ def test_spoken_request_is_answered_with_latency(request_wav, tmp_path, models):
     assert all("t" in e and abs(e["t"] - time.time()) < 600 for e in events)
     assert kinds.index("wake") < kinds.index("transcript") < kinds.index("token") < kinds.index("response")
     assert "vigil: " in proc.stdout and "capital" in proc.stdout.lower()
+    # at the default turn threshold the words decide, so Smart Turn is not loaded (its memory saved)
+    assert "turn model not loaded" in proc.stderr
     # The session is in the metrics store, and `report` reads it back.
     report = subprocess.run([sys.executable, "-m", "pipeline", "report", "--json"], cwd=ROOT,
                             env=pipeline_env(tmp_path), capture_output=True, text=True, timeout=60)

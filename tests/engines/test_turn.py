@@ -42,6 +42,15 @@ def test_the_longer_the_pause_the_less_evidence_it_needs():
     assert TurnPolicy(text_prior=0.7, text_weight=0.0).evidence(None, "What time is it?") == pytest.approx(0.7)
 
 
+def test_the_model_is_needed_only_when_its_score_can_change_a_decision():
+    # the defaults: a complete-reading transcript alone (0.5) meets the 0.5 threshold at any judged pause
+    assert not TurnPolicy(threshold=0.5, max_pause_ms=1300, text_weight=0.5).model_can_decide(100)
+    # a stricter threshold asks the model at the first judged pause, until the pause alone nearly decides
+    strict = TurnPolicy(threshold=0.8, max_pause_ms=1300, text_weight=0.5)
+    assert strict.model_can_decide(100) and not strict.model_can_decide(600)
+    assert TurnPolicy(threshold=0.5, text_weight=0.0).model_can_decide(100)
+
+
 @pytest.fixture(scope="module")
 def smart_turn(models) -> SmartTurn:
     assert models.turn is not None and models.turn.name == SMART_TURN.filename
