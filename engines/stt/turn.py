@@ -135,8 +135,11 @@ class TurnPolicy:
     def evidence(self, audio_score: float | None, text: str) -> float:
         if open_ending(text):
             return 0.0
-        p = self.text_prior if audio_score is None else audio_score
-        return p + self.text_weight * (1.0 - p)
+        return self._lifted(self.text_prior if audio_score is None else audio_score)
+
+    def _lifted(self, audio_score: float) -> float:
+        """The evidence of a transcript that reads complete: the audio score lifted by ``text_weight``."""
+        return audio_score + self.text_weight * (1.0 - audio_score)
 
     def complete(self, evidence: float, pause_ms: float) -> bool:
         return pause_ms >= self.max_pause_ms or evidence >= self.required(pause_ms)
@@ -145,7 +148,7 @@ class TurnPolicy:
         """Whether the audio model's score can change any decision for pauses judged at ``min_pause_ms`` or
         later: not when a transcript that reads complete meets the threshold on its words alone (score 0), and an
         open one waits whatever the model says. Then loading the model only costs memory (34 MB of RSS) and start-up."""
-        return self.evidence(0.0, "complete") < self.required(min_pause_ms)
+        return self._lifted(0.0) < self.required(min_pause_ms)
 
     def wait_ms(self, evidence: float) -> float:
         """The pause length at which ``evidence`` becomes enough (0: at once)."""
