@@ -55,9 +55,11 @@ def validate_name(name: str) -> str:
 def _checked_entry(where: str, name: Any, entry: Any, dim: int) -> dict:
     """One speaker's entry as read from the file, or VoiceprintError saying what is wrong with it."""
     try:
-        validate_name(name)
+        stored = validate_name(name)
     except VoiceprintError as exc:
         raise VoiceprintError(f"{where}: {exc}") from None
+    if stored != name:  # find() and enroll look names up in their stored form; this one could never be found
+        raise VoiceprintError(f"{where}: name {name!r} is not as enroll writes it ({stored!r}: stripped, NFC)")
     if not isinstance(entry, dict):
         raise VoiceprintError(f"{where}: voiceprint {name!r} is a {type(entry).__name__}, not an object")
     emb = entry.get("embedding")
