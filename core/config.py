@@ -170,8 +170,8 @@ class SttConfig:
     endpoint: str = key("turn", choices=("turn", "silence"))
     turn_threshold: float = key(0.5, ge=0, le=1)  # evidence a pause needs at its start; falls to 0 at turn_max_pause_ms
     turn_max_pause_ms: int = key(1300, gt=0, le=10_000)  # "turn": the longest a pause holds a request open
-    # "turn": a pause is judged (transcribed, its turn decided) once it is this long. Shorter gaps are the spaces
-    # between words: judging each keeps STT a decode behind the speech; longer ones add their length to every answer.
+    # "turn": the shortest pause that may end a request. Every pause is transcribed from the moment the voice drops
+    # (beside the frame loop, abandoned when the voice comes back); this only holds the decision back.
     turn_min_pause_ms: int = key(100, ge=0, le=2000)
     end_silence_ms: int = key(500, gt=0, le=10_000)  # "silence": end-of-speech silence that closes the request
     # Transcribe as soon as a pause this long begins, while the endpoint silence is still running;

@@ -29,6 +29,7 @@ import numpy as np
 from core.audio import SAMPLE_NS, SAMPLE_RATE
 from core.messages import StartListening, Transcript, WakeVerdict, WorkerState
 from workers.base import Worker
+from engines.stt.background import BackgroundHearing
 from engines.stt.turn import SmartTurn, TurnPolicy, TurnVerdict, open_ending
 from engines.stt.vad import Endpointer, SileroVad
 from engines.stt.whispercpp import WhisperEngine
@@ -44,6 +45,8 @@ WAKE_END_LAG_S = 0.05
 # wedged and the supervisor kills the worker as hung.
 TRANSCRIBE_BUSY_S = 60.0
 VERIFY_BUSY_S = 10.0
+# How often the frame loop looks in on a pause decode running beside it (frames come every 80 ms).
+DECODE_POLL_S = 0.005
 
 _WAKE_PREFIX = re.compile(r"^\W*(?:(?:hey|hi|a|okay|ok|page)\W+)?(?:jarvis|jervis|travis|javis|jarmis|jardis|"
                           r"arvis|jarvis's)\b\W*", re.IGNORECASE)
@@ -79,6 +82,7 @@ class Session:
 
         self.speculative: tuple[int, str, float] | None = None  # (end sample, text, compute ms)
         self.pause: tuple[int, TurnVerdict] | None = None  # "turn": the current pause's end sample and verdict
+        self.decode: tuple[int, BackgroundHearing] | None = None  # "turn": the current pause's decode, running
 
     def audio(self, end_sample: int) -> np.ndarray:
         return np.concatenate(self.frames)[self.skip:end_sample]
@@ -91,6 +95,13 @@ class Session:
         rel = phrase_end_seq_sample + int(WAKE_END_LAG_S * SAMPLE_RATE) - self.first_seq * self.frame_samples
         if rel > 0:
             self.request_start_sample = self.skip = rel
+            self.forget_pauses()  # they were heard from the old start
+
+    def forget_pauses(self) -> None:
+        """Drop what was heard at earlier pauses, and abandon a pause decode still running."""
+        if self.decode is not None:
+            self.decode[1].abort()
+        self.speculative = self.pause = self.decode = None
 
     def time_of(self, sample: int) -> int:
         index = min(sample // self.frame_samples, len(self.capture_ns) - 1)
@@ -98,10 +109,14 @@ class Session:
         return self.capture_ns[index] - (last_in_frame - sample) * SAMPLE_NS
 
 
+def request_audio(session: Session, end_sample: int) -> np.ndarray:
+    """The request up to a pause, with a little audio past the last voiced sample (it helps the last word)."""
+    return session.audio(end_sample + int(0.05 * SAMPLE_RATE))
+
+
 def transcribe(engine: WhisperEngine, session: Session, end_sample: int) -> tuple[str, float]:
     started = time.perf_counter()
-    tail = int(0.05 * SAMPLE_RATE)  # a little audio past the last voiced sample helps the last word
-    text = strip_wake_phrase(engine.transcribe(session.audio(end_sample + tail)))
+    text = strip_wake_phrase(engine.transcribe(request_audio(session, end_sample)))
     return text, (time.perf_counter() - started) * 1000
 
 
@@ -259,27 +274,34 @@ class SttWorker(Worker):
                                      time.monotonic_ns(), round(compute_ms, 1), "partial"))
 
     def turn_endpoint(self, session: Session) -> Transcript | None:
-        """"turn": judge each pause once, the moment the voice drops; end the request when the pause is as
-        long as its verdict needs (at once for a complete request) and no newer audio says otherwise."""
+        """"turn": decode each pause the moment the voice drops, on a helper thread while the frames go on
+        (the voice coming back abandons it); then judge the pause once, and end the request when the pause is
+        at least `turn_min_pause_ms` and as long as its verdict needs (at once for a complete request)."""
         endpointer = self.endpointer
         pause = endpointer.silence_since
-        if pause is None:
-            return None
-        end_sample = session.offset + pause
-        if end_sample <= session.request_start_sample:
-            return None
-        if self.reader.lag > 0:  # audio is waiting: a pause that is already over must not cost a decode
+        end_sample = None if pause is None else session.offset + pause
+        if session.decode is not None and session.decode[0] != end_sample:
+            session.decode[1].abort()  # the voice came back: that pause is over
+            session.decode = None
+        if end_sample is None or end_sample <= session.request_start_sample:
             return None
         pause_ms = (endpointer.samples_fed - pause) * 1000 / SAMPLE_RATE
         if session.pause is None or session.pause[0] != end_sample:
-            # `[stt] turn_min_pause_ms`: judging every gap between words kept STT a decode behind the speech (on
-            # the Piper voice the final decision came 1-2.7 s after the speech end); the default costs <100 ms.
-            if pause_ms < self.config.stt.turn_min_pause_ms:
+            if session.decode is None:
+                if self.reader.lag == 0:  # with audio waiting, a pause that is already over must not cost a decode
+                    session.decode = (end_sample, BackgroundHearing(self.engine, request_audio(session, end_sample),
+                                                                    strip_wake_phrase))
                 return None
-            session.pause = (end_sample, self.judge_pause(session, end_sample))
-            return None  # audio came while we judged: read it before deciding
+            hearing = session.decode[1]
+            if not hearing.done:
+                if hearing.running_s > TRANSCRIBE_BUSY_S:
+                    raise RuntimeError(f"a pause decode has run {hearing.running_s:.0f} s: whisper is wedged")
+                return None
+            session.decode = None
+            text, compute_ms = hearing.result()
+            session.pause = (end_sample, self.judge_pause(session, end_sample, text, compute_ms))
         verdict = session.pause[1]
-        if not self.turn_policy.complete(verdict.evidence, pause_ms):
+        if pause_ms < self.config.stt.turn_min_pause_ms or not self.turn_policy.complete(verdict.evidence, pause_ms):
             return None
         now = time.monotonic_ns()
         self.log.info("endpoint after a %.0f ms pause (evidence %.2f, turn model %s)", pause_ms, verdict.evidence,
@@ -288,10 +310,9 @@ class SttWorker(Worker):
         return Transcript(session.request.session, text, True, session.time_of(end_sample), now,
                           round(compute_ms, 1), "speech_end", endpoint_ns=now, turn_score=_score(verdict))
 
-    def judge_pause(self, session: Session, end_sample: int) -> TurnVerdict:
-        """Transcribe up to the pause, then ask the turn model — unless the words are unfinished. A request
-        that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
-        text, compute_ms = self.transcribe(session, end_sample)
+    def judge_pause(self, session: Session, end_sample: int, text: str, compute_ms: float) -> TurnVerdict:
+        """Ask the turn model about the pause whose transcript is ``text`` — unless the words are unfinished.
+        A request that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
         session.speculative = (end_sample, text, compute_ms)
         score, model_ms = None, 0.0
         if not open_ending(text):
@@ -304,7 +325,8 @@ class SttWorker(Worker):
             if self.turn_model is not None and not words_suffice:
                 started = time.perf_counter()
                 try:
-                    score = self.turn_model.score(np.concatenate(session.frames))
+                    with self.busy(TRANSCRIBE_BUSY_S):
+                        score = self.turn_model.score(np.concatenate(session.frames))
                 except Exception:  # the transcript and the pause still decide
                     self.log.exception("turn model failed")
                 model_ms = (time.perf_counter() - started) * 1000
@@ -335,6 +357,16 @@ class SttWorker(Worker):
         reader.seek(min(start_seq - preroll, request.wake_seq + 1 - (check.frames_before if check else 0)))
         session = Session(request, max(reader.cursor, start_seq - preroll), fs)
         endpointer.reset()
+        try:
+            return self.hear_frames(request, session, check)
+        finally:
+            session.forget_pauses()  # a pause decode still running is abandoned with the request
+
+    def hear_frames(self, request: StartListening, session: Session,
+                    check: WakeCheck | None) -> Transcript | StartListening | None:
+        cfg = self.config.stt
+        reader, endpointer = self.reader, self.endpointer
+        fs = self.ctx.audio.frame_samples
         deadline = time.monotonic() + cfg.max_utterance_s + cfg.no_speech_timeout_s + 5.0
         while True:
             self.ctx.beat()
@@ -345,8 +377,12 @@ class SttWorker(Worker):
                 return None
             if time.monotonic() > deadline:  # audio stopped flowing: do not listen forever
                 return Transcript(request.session, "", True, 0, time.monotonic_ns(), 0.0, "no_speech")
-            frame = reader.read_wait(0.1)
+            # while a pause is being decoded, look often: its end may decide the request between two frames
+            frame = reader.read_wait(0.1 if session.decode is None else DECODE_POLL_S)
             if frame is None:
+                if session.decode is not None and session.decode[1].done:
+                    if (decided := self.endpointing(session)) is not None:
+                        return decided
                 continue
             if check is not None and check.feed(frame.seq, frame.samples):
                 if not request.verify:  # a sure wake: the verifier only places the end of its wake phrase
@@ -382,10 +418,15 @@ class SttWorker(Worker):
             end_sample = session.offset + endpoint.sample_index
             if endpoint.kind == "speech_end" and end_sample <= session.request_start_sample:
                 session.offset = len(session.frames) * fs
-                session.speculative = session.pause = None
+                session.forget_pauses()
                 endpointer.reset()
                 continue
-            if session.speculative and session.speculative[0] == end_sample:
+            if session.decode is not None and session.decode[0] == end_sample:  # decoding this pause already
+                hearing, session.decode = session.decode[1], None
+                with self.busy(TRANSCRIBE_BUSY_S):
+                    hearing.wait()
+                text, compute_ms = hearing.result()
+            elif session.speculative and session.speculative[0] == end_sample:
                 _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
             else:
                 text, compute_ms = self.transcribe(session, end_sample)

@@ -22,17 +22,27 @@ Why the care:
     fallback, and if that loops too the repetition is cut to its first copy.
 * Decode params persist in pywhispercpp between calls, so every call sets all of
   them (``_params_for``): nothing one call changes leaks into the next.
+* Every call runs on the engine's one whisper thread (``submit``; ``hear`` waits for it). The
+  wheel's whisper.cpp computes with OpenMP, whose thread team belongs to the calling thread: calls
+  from two threads kept two teams spinning against each other and made each decode ~25 % slower.
+  So the turn endpoint can decode a pause beside the frame loop (``submit`` returns a future)
+  and abandon it when the voice comes back (``abort``: whisper.cpp's abort callback, polled
+  between graph computations), at the speed of a plain call.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import re
 import threading
 import time
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +56,7 @@ MIN_AUDIO_CTX = 512  # smaller contexts measurably hurt tiny.en (wrong words, re
 AUDIO_CTX_MARGIN = 64  # frames (1.28 s) beyond the clip
 MIN_CLIP_S = 0.1
 MAX_TOKENS = 128  # per transcription, whatever the clip's length
+T = TypeVar("T")
 COMPRESSION_RATIO_LOOP = 2.4  # OpenAI whisper's threshold: text that zlib shrinks this much repeats itself
 
 
@@ -87,6 +98,7 @@ class Hearing:
     retried: bool = False      # decoded a second time because of the loop
     cut: bool = False          # the retry looped too: the repetition was cut to its first copy
     compute_ms: float = 0.0
+    aborted: bool = False      # abandoned by its caller before the end: the text is incomplete, do not use it
 
 
 _WORD = re.compile(r"[\w']+")
@@ -148,8 +160,31 @@ def cut_repetition(text: str) -> str:
     return (head + " " + text[spans[after].start():]).strip()
 
 
+class _WhisperThread:
+    """One daemon thread that runs the engine's calls in order (a daemon: a wedged decode never holds up exit)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="whisper", daemon=True).start()
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((call, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            call, future = self._calls.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # the caller gets it from result()
+                future.set_exception(exc)
+
+
 class WhisperEngine:
-    """One loaded whisper.cpp model; not thread-safe, so calls are serialised."""
+    """One loaded whisper.cpp model; its calls run one at a time on the engine's whisper thread."""
 
     def __init__(self, model_path: Path, n_threads: int = 2, language: str = "en",
                  initial_prompt: str | None = None, decoding: Decoding | None = None) -> None:
@@ -162,7 +197,7 @@ class WhisperEngine:
         self.decoding = decoding or DEFAULT_DECODING
         if initial_prompt:
             self.decoding = replace(self.decoding, initial_prompt=initial_prompt)
-        self._lock = threading.Lock()
+        self._thread = _WhisperThread()
         self._model = Model(str(path), n_threads=n_threads, print_progress=False,
                             redirect_whispercpp_logs_to=None, language=language, single_segment=True,
                             no_context=True, print_realtime=False, print_timestamps=False)
@@ -178,14 +213,16 @@ class WhisperEngine:
                     temperature=0.0, temperature_inc=d.temperature_inc, greedy={"best_of": 1},
                     beam_search={"beam_size": max(1, d.beam_size), "patience": -1.0}, no_context=True)
 
-    def _decode(self, samples: np.ndarray, d: Decoding, max_tokens: int) -> tuple[str, list[tuple[str, float]]]:
-        """Text and text tokens (with probabilities) of one decode; the caller holds the lock."""
+    def _decode(self, samples: np.ndarray, d: Decoding, max_tokens: int,
+                abort: Callable[[], bool] | None = None) -> tuple[str, list[tuple[str, float]]]:
+        """Text and text tokens (with probabilities) of one decode; on the whisper thread."""
         import _pywhispercpp as pw
 
         if d.pad_s > 0:
             pad = np.zeros(int(d.pad_s * SAMPLE_RATE), dtype=np.float32)
             samples = np.concatenate([pad, samples, pad])
-        segments = self._model.transcribe(samples, **self._params_for(d, samples.size, max_tokens))
+        segments = self._model.transcribe(samples, abort_callback=abort,
+                                          **self._params_for(d, samples.size, max_tokens))
         ctx = self._model._ctx
         tokens = []
         for i in range(pw.whisper_full_n_segments(ctx)):
@@ -200,25 +237,39 @@ class WhisperEngine:
 
     def hear(self, audio: np.ndarray, decoding: Decoding | None = None) -> Hearing:
         """Decode a mono 16 kHz clip (int16, or float32 in [-1, 1]) with the loop guards; "" for < 0.1 s."""
+        return self.submit(audio, decoding).result()
+
+    def submit(self, audio: np.ndarray, decoding: Decoding | None = None,
+               abort: Callable[[], bool] | None = None) -> Future[Hearing]:
+        """``hear`` on the whisper thread, without waiting: the future's result is the ``Hearing``.
+
+        ``abort`` is polled while whisper computes; once it returns True the decode stops early and
+        the result says ``aborted``.
+        """
+        return self._thread.submit(lambda: self._hear(audio, decoding, abort))
+
+    def _hear(self, audio: np.ndarray, decoding: Decoding | None, abort: Callable[[], bool] | None) -> Hearing:
         started = time.perf_counter()
         d = decoding or self.decoding
         samples = to_float32(audio)
         if samples.size < MIN_CLIP_S * SAMPLE_RATE:
             return Hearing("")
         budget = d.token_budget(samples.size)
-        with self._lock:
-            text, tokens = self._decode(samples, d, budget)
-            reason = loop_reason(text, len(tokens), budget)
-            retried = cut = False
-            if reason and d.retry_on_loop:
-                # once more, without the prompt (the previous context) and with the temperature fallback
-                retry = replace(d, initial_prompt="", timestamps=True, temperature_inc=d.temperature_inc or 0.2)
-                again, again_tokens = self._decode(samples, retry, budget)
-                retried = True
-                if not loop_reason(again, len(again_tokens), budget):
-                    text = again
-            if reason and loop_reason(text, 0, 0):
-                text, cut = cut_repetition(text), True
+        text, tokens = self._decode(samples, d, budget, abort)
+        if abort is not None and abort():
+            return Hearing(text, len(tokens), compute_ms=round((time.perf_counter() - started) * 1000, 1),
+                           aborted=True)
+        reason = loop_reason(text, len(tokens), budget)
+        retried = cut = False
+        if reason and d.retry_on_loop:
+            # once more, without the prompt (the previous context) and with the temperature fallback
+            retry = replace(d, initial_prompt="", timestamps=True, temperature_inc=d.temperature_inc or 0.2)
+            again, again_tokens = self._decode(samples, retry, budget)
+            retried = True
+            if not loop_reason(again, len(again_tokens), budget):
+                text = again
+        if reason and loop_reason(text, 0, 0):
+            text, cut = cut_repetition(text), True
         return Hearing(text, len(tokens), reason, retried, cut, round((time.perf_counter() - started) * 1000, 1))
 
     def transcribe(self, audio: np.ndarray) -> str:
@@ -237,5 +288,4 @@ class WhisperEngine:
             return "", []
         plain = Decoding(timestamps=False, temperature_inc=0.2, initial_prompt=initial_prompt or "",
                          retry_on_loop=False)
-        with self._lock:
-            return self._decode(samples, plain, max_tokens)
+        return self._thread.submit(lambda: self._decode(samples, plain, max_tokens)).result()

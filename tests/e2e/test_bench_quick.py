@@ -56,6 +56,10 @@ def test_quick_bench_writes_the_contract_report(tmp_path, models):
         assert set(report["spans_ms"][span]) >= {"p50", "p95", "p99", "n"}
         assert set(report["baseline"]["spans_ms"][span]) >= {"p50", "p95", "p99", "n"}
     assert report["spans_ms"]["speech_end_to_first_token"]["n"] >= 1, "no utterance was answered"
+    # the neural voice's "set a timer for … ten minutes": the turn endpoint decodes the pause at once, sees the
+    # open "for" and hears on; the request is answered whole
+    hesitation = report["endpoint"]["modes"]["turn"]["hesitation"]
+    assert hesitation["n"] == 1 and hesitation["cut_offs"] == 0, hesitation
     assert report["wake"]["detected"] >= 1 and report["wake"]["negatives_hours"] > 0
     assert report["stt"]["wer"] is not None and 0 <= report["stt"]["wer"] <= 1
     assert set(report["idle"]) >= {"cpu_percent_total", "cpu_percent_by_worker", "rss_mb_by_worker",

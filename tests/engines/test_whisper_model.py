@@ -167,6 +167,41 @@ def test_decode_choices_do_not_leak_into_the_next_call(engine, capital_clip):
     assert engine.transcribe(capital_clip) == plain
 
 
+def test_a_background_decode_hears_the_same_and_an_aborted_one_stops_early(engine, capital_clip):
+    """The turn endpoint decodes a pause on a thread and abandons it when the voice comes back: the thread's
+    text is the plain decode's (cleaned), an abort ends the decode well before its natural end, and nothing of
+    the abort is left for the next call."""
+    from engines.stt.background import BackgroundHearing
+
+    long_clip = np.concatenate([capital_clip] * 4)  # ~8 s: a decode long enough to abort in the middle
+    plain = engine.transcribe(long_clip)
+    started = time.perf_counter()
+    full = BackgroundHearing(engine, long_clip, clean=str.upper)
+    assert full.wait(30) and not full.aborted
+    full_s = time.perf_counter() - started
+    assert full.result()[0] == plain.upper()
+
+    started = time.perf_counter()
+    cut = BackgroundHearing(engine, long_clip)
+    time.sleep(full_s * 0.1)
+    cut.abort()
+    assert cut.wait(30) and cut.aborted
+    assert time.perf_counter() - started < full_s * 0.6, "the abort did not stop whisper early"
+    with pytest.raises(RuntimeError, match="abandoned"):
+        cut.result()
+    assert engine.transcribe(long_clip) == plain  # the abort callback does not stay with the model
+
+
+def test_a_background_decode_hands_its_error_to_the_caller(engine, capital_clip):
+    from engines.stt.background import BackgroundHearing
+
+    stereo = BackgroundHearing(engine, np.zeros((16000, 2), dtype=np.int16))  # bad input, found on the thread
+    assert stereo.wait(30)
+    with pytest.raises(ValueError, match="expected mono audio"):
+        stereo.result()
+    assert "capital" in words(engine.transcribe(capital_clip))  # and the whisper thread goes on
+
+
 def test_audio_ctx_covers_the_clip_with_margin():
     for seconds in (0.1, 1.0, 2.5, 9.0, 11.0, 20.0, 28.0, 30.0, 45.0):
         n = int(seconds * 16000)
