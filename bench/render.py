@@ -199,7 +199,7 @@ def _endpoint_section(report: dict) -> list[str]:
     sweep = [_dict(c) for c in _list(endpoint.get("min_pause_curve"))]
     if sweep:
         out += ["Trade-off (measured, `bench --min-pause-sweep`): the endpoint set replayed in turn mode once per "
-                "`turn_min_pause_ms`, the pause after which a pause is judged.", ""]
+                "`turn_min_pause_ms`, the shortest pause that may end a request.", ""]
         out += table(["turn_min_pause_ms", "SE→FT p50", "p95", "n", "hesitations cut off"],
                      [[fmt_int(c.get("min_pause_ms")), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")), fmt_int(c.get("n")),
                        f"{fmt_int(c.get('cut_offs'))} / {fmt_int(c.get('hesitations'))}"] for c in sweep]) + [""]

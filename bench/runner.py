@@ -89,9 +89,10 @@ ENDPOINT_VOICES = ("piper", "espeak-ng:en-us", "flite:slt")  # complete requests
 ENDPOINT_TARGETS = {"p50_ms": 350.0, "p95_ms": 600.0, "cut_off_rate": 0.05, "vs_baseline_p50": 3.0}
 
 
-# `[stt] turn_min_pause_ms` values replayed on the endpoint set by a full bench: the trade-off between the
-# wait every answer pays and the hesitations cut off (report.json endpoint.min_pause_curve).
-MIN_PAUSE_SWEEP_MS = (50, 100, 150)
+# `[stt] turn_min_pause_ms` values replayed on the endpoint set by `bench --min-pause-sweep`: the trade-off between
+# the wait every answer pays and the hesitations cut off (report.json endpoint.min_pause_curve). The pause is decoded
+# from its first frame (~230 ms), so a floor below that costs nothing and changes nothing; the sweep starts there.
+MIN_PAUSE_SWEEP_MS = (100, 300, 500)
 
 
 def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, gap_s: float = 1.5,

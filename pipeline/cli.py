@@ -298,7 +298,7 @@ def build_parser() -> OneLineParser:
     bench.add_argument("--no-endpoint", action="store_true",
                        help="skip the replay in the other endpoint mode (turn vs silence, hesitations)")
     bench.add_argument("--min-pause-sweep", action="store_true",
-                       help="also replay the endpoint set once per [stt] turn_min_pause_ms in 50/100/150 ms "
+                       help="also replay the endpoint set once per [stt] turn_min_pause_ms in 100/300/500 ms "
                             "(latency against cut-offs; a few minutes more)")
     bench.set_defaults(func=cmd_bench)
 

@@ -63,14 +63,16 @@ def endpoint_timing(current) -> dict[str, Any]:
 
     "silence": the request ends ``end_silence_ms`` after the speech end and the decode starts after
     ``speculative_silence_ms``, so a decode that finishes inside the silence costs nothing. "turn": the decode
-    starts after a pause of ``turn_min_pause_ms`` and a request that reads complete ends with
-    it, so nothing hides the decode: it may take what the budget leaves after the pause, the LLM's first token
-    and the overhead."""
+    starts at the first audio frame of the pause (80 ms at most) and a request that reads complete ends
+    with it (after ``turn_min_pause_ms`` at the least), so nothing hides the decode: it may take what the budget
+    leaves after the pause, the LLM's first token and the overhead."""
+    from core.audio import FRAME_SAMPLES, SAMPLE_RATE
+
     stt = current.stt
     if stt.endpoint == "silence":
         return {"mode": "silence", "end_wait_ms": stt.end_silence_ms, "pause_ms": stt.speculative_silence_ms,
                 "stt_window_ms": stt.end_silence_ms}
-    return {"mode": "turn", "end_wait_ms": stt.turn_min_pause_ms, "pause_ms": stt.turn_min_pause_ms,
+    return {"mode": "turn", "end_wait_ms": stt.turn_min_pause_ms, "pause_ms": FRAME_SAMPLES * 1000 // SAMPLE_RATE,
             "stt_window_ms": BUDGET_MS - LLM_FIRST_TOKEN_MAX_MS - OVERHEAD_MS}
 
 
@@ -437,7 +439,7 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
 
     speech end -> first token ~= max(endpoint wait, pause + STT decode) + LLM first token + overhead, the endpoint's
     figures from ``endpoint_timing`` ("silence": 500 ms end silence, decode after a 150 ms pause; "turn": the
-    decode after a 100 ms pause, the request ending with it).
+    decode from the pause's first 80 ms frame, the request ending with it).
 
     * STT: among the measured models whose decode of the 3 s clip (a ~2 s command gets the same 512-frame
       encoder context, so this is its decode time too) fits the endpoint's window after its pause

@@ -283,6 +283,7 @@ class SttWorker(Worker):
         if session.decode is not None and session.decode[0] != end_sample:
             session.decode[1].abort()  # the voice came back: that pause is over
             session.decode = None
+            self.log.debug("pause decode abandoned: the voice came back (whisper.cpp logs 'failed to encode')")
         if end_sample is None or end_sample <= session.request_start_sample:
             return None
         pause_ms = (endpointer.samples_fed - pause) * 1000 / SAMPLE_RATE

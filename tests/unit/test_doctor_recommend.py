@@ -13,7 +13,7 @@ def stt(name: str, decode_ms: float, size_mb: float) -> dict:
             "measured": {"decode_ms": decode_ms}}
 
 
-MODELS = [stt("tiny.en", 180.0, 75.0), stt("base", 280.0, 142.0)]  # both fit: 100 ms pause + decode <= 400
+MODELS = [stt("tiny.en", 180.0, 75.0), stt("base", 280.0, 142.0)]  # both fit: 80 ms frame + decode <= 400
 
 
 def pick(accuracy, models=MODELS) -> dict:
@@ -29,7 +29,7 @@ def test_the_bigger_model_only_when_it_hears_clearly_better():
 
 
 def test_speed_first_then_accuracy_and_no_numbers_is_said():
-    slow_base = [stt("tiny.en", 180.0, 75.0), stt("base", 420.0, 142.0)]  # 100 ms pause + 420 > 400 ms
+    slow_base = [stt("tiny.en", 180.0, 75.0), stt("base", 420.0, 142.0)]  # 80 ms frame + 420 > 400 ms
     wer = {"tiny.en": {"wer": 0.09, "files": 9}, "base": {"wer": 0.02, "files": 9}}
     assert pick(wer, slow_base)["stt"] == "tiny.en"
     r = pick({})
@@ -50,14 +50,14 @@ def test_the_timing_rule_follows_the_configured_endpoint():
 
     from tools.doctor import endpoint_timing
 
-    turn = endpoint_timing(Config())  # the default: the decode after a 100 ms pause ends the request
-    assert turn == {"mode": "turn", "end_wait_ms": 100, "pause_ms": 100, "stt_window_ms": 400.0}
+    turn = endpoint_timing(Config())  # the default: the decode from the pause's first frame ends the request
+    assert turn == {"mode": "turn", "end_wait_ms": 100, "pause_ms": 80, "stt_window_ms": 400.0}
     llm = {"kind": "llm", "name": "small", "path": "/models/small.gguf", "size_mb": 100.0,
            "measured": {"first_token_ms": 100.0, "tokens_per_s": 30.0}}
     r = pick({"tiny.en": {"wer": 0.09, "files": 9}, "base": {"wer": 0.05, "files": 9}},
              [stt("tiny.en", 180.0, 75.0), stt("base", 350.0, 142.0), llm])
-    assert r["stt"] == "tiny.en" and "turn endpoint" in r["rule"]  # 100 + 350 > 400: base is too slow
-    assert r["estimate_ms"] == 100 + 180 + 100 + 50 and r["fits_budget"]
+    assert r["stt"] == "tiny.en" and "turn endpoint" in r["rule"]  # 80 + 350 > 400: base is too slow
+    assert r["estimate_ms"] == 80 + 180 + 100 + 50 and r["fits_budget"]
     config = Config()
     silence = replace(config, stt=replace(config.stt, endpoint="silence"))
     assert endpoint_timing(silence) == {"mode": "silence", "end_wait_ms": 500, "pause_ms": 150, "stt_window_ms": 500}
