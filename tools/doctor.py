@@ -63,16 +63,17 @@ def endpoint_timing(current) -> dict[str, Any]:
 
     "silence": the request ends ``end_silence_ms`` after the speech end and the decode starts after
     ``speculative_silence_ms``, so a decode that finishes inside the silence costs nothing. "turn": the decode
-    starts at the first audio frame of the pause (80 ms at most) and a request that reads complete ends
-    with it (after ``turn_min_pause_ms`` at the least), so nothing hides the decode: it may take what the budget
-    leaves after the pause, the LLM's first token and the overhead."""
-    from core.audio import FRAME_SAMPLES, SAMPLE_RATE
+    starts at the first audio frame of the pause (``[audio] frame_samples``, 80 ms by default) and a request that
+    reads complete ends with it (after ``turn_min_pause_ms`` at the least), so nothing hides the decode: it may
+    take what the budget leaves after the pause, the LLM's first token and the overhead."""
+    from core.audio import SAMPLE_RATE
 
     stt = current.stt
     if stt.endpoint == "silence":
         return {"mode": "silence", "end_wait_ms": stt.end_silence_ms, "pause_ms": stt.speculative_silence_ms,
                 "stt_window_ms": stt.end_silence_ms}
-    return {"mode": "turn", "end_wait_ms": stt.turn_min_pause_ms, "pause_ms": FRAME_SAMPLES * 1000 // SAMPLE_RATE,
+    frame_ms = current.audio.frame_samples * 1000 // SAMPLE_RATE
+    return {"mode": "turn", "end_wait_ms": stt.turn_min_pause_ms, "pause_ms": frame_ms,
             "stt_window_ms": BUDGET_MS - LLM_FIRST_TOKEN_MAX_MS - OVERHEAD_MS}
 
 

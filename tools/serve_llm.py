@@ -835,7 +835,7 @@ def load_engine(config: Config, model_path: str | os.PathLike[str]) -> EmbeddedL
     cfg = config.llm
     engine = EmbeddedLlm(Path(model_path), n_threads=cfg.threads, repeat_penalty=cfg.repeat_penalty,
                          temperature=cfg.temperature, embeddings=True,
-                         n_prompt_threads=cfg.prompt_threads or cfg.threads)
+                         n_prompt_threads=cfg.prompt_threads)
     engine.warm(cfg.system_prompt)  # Vigil kiosks send this prefix: have it cached
     return engine
 

@@ -81,7 +81,7 @@ def make_engine(config: Config) -> LlmEngine:
     if cfg.engine == "embedded":
         model = Path(cfg.model)
         return EmbeddedLlm(model.resolve(), n_threads=cfg.threads, repeat_penalty=cfg.repeat_penalty,
-                           temperature=cfg.temperature, n_prompt_threads=cfg.prompt_threads or cfg.threads)
+                           temperature=cfg.temperature, n_prompt_threads=cfg.prompt_threads)
     if cfg.engine == "ollama":
         from engines.llm.ollama import OllamaLlm
 

@@ -99,9 +99,14 @@ class Session:
 
     def forget_pauses(self) -> None:
         """Drop what was heard at earlier pauses, and abandon a pause decode still running."""
+        self.drop_decode()
+        self.speculative = self.pause = None
+
+    def drop_decode(self) -> None:
+        """Abandon the pause decode still running, if any: its pause is over."""
         if self.decode is not None:
             self.decode[1].abort()
-        self.speculative = self.pause = self.decode = None
+            self.decode = None
 
     def time_of(self, sample: int) -> int:
         index = min(sample // self.frame_samples, len(self.capture_ns) - 1)
@@ -280,9 +285,8 @@ class SttWorker(Worker):
         endpointer = self.endpointer
         pause = endpointer.silence_since
         end_sample = None if pause is None else session.offset + pause
-        if session.decode is not None and session.decode[0] != end_sample:
-            session.decode[1].abort()  # the voice came back: that pause is over
-            session.decode = None
+        if session.decode is not None and session.decode[0] != end_sample:  # the voice came back
+            session.drop_decode()
             self.log.debug("pause decode abandoned: the voice came back (whisper.cpp logs 'failed to encode')")
         if end_sample is None or end_sample <= session.request_start_sample:
             return None

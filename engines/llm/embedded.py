@@ -4,9 +4,10 @@ SmolLM2-135M Q4_1 on a 2-core box, see DESIGN.md "LLM facts"):
 
 * 1 thread: with another core busy, 2 threads collapse (OpenMP-style spinning),
   1 thread keeps ~70-80 tok/s. ``cpuparams.poll = 0`` so no thread spins.
-* The prompt may take more threads (``n_prompt_threads``): a request's prompt comes just as STT
-  finishes, with both cores free, and 2 threads evaluate it in ~half the time (first token ~95
-  → ~53 ms measured alone; ~75 → ~38 ms in the bench's endpoint set).
+* The prompt may take more threads (``n_prompt_threads``; 0 or None: ``n_threads``): a
+  request's prompt comes just as STT finishes, with both cores free, and 2 threads evaluate it
+  in ~half the time (first token ~95 → ~53 ms measured alone; ~75 → ~38 ms in the bench's
+  endpoint set).
 * The prompt-prefix cache is automatic with one slot (``n_parallel=1``): once
   the system prompt is evaluated, a new question only evaluates its own tokens
   (~0.1 s first token instead of ~1 s cold) -- hence ``warm()``.

@@ -50,13 +50,14 @@ from core.audio import SAMPLE_RATE
 from core.dsp import to_float32
 from engines.model_files import validate_ggml
 
+T = TypeVar("T")
+
 FRAME_SAMPLES = 320  # one encoder frame (after conv stride 2) = 20 ms
 MAX_AUDIO_CTX = 1500  # 30 s: whisper's full window
 MIN_AUDIO_CTX = 512  # smaller contexts measurably hurt tiny.en (wrong words, repetition loops)
 AUDIO_CTX_MARGIN = 64  # frames (1.28 s) beyond the clip
 MIN_CLIP_S = 0.1
 MAX_TOKENS = 128  # per transcription, whatever the clip's length
-T = TypeVar("T")
 COMPRESSION_RATIO_LOOP = 2.4  # OpenAI whisper's threshold: text that zlib shrinks this much repeats itself
 
 
