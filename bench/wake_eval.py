@@ -695,9 +695,9 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
         from engines.stt.whispercpp import WhisperEngine
 
         if whisper_model is None:
-            from models.provision import default_models_dir, ensure_models
+            from models.provision import WHISPER, default_models_dir, ensure_models
 
-            cached = default_models_dir() / "ggml-tiny.en.bin"
+            cached = default_models_dir() / WHISPER.filename
             whisper_model = cached if cached.is_file() else ensure_models(progress=False).whisper
         verifier = WakeVerifier(WhisperEngine(Path(whisper_model), n_threads=2), mode=mode or DEFAULT_MODE,
                                 min_score=DEFAULT_MIN_SCORE if min_score is None else min_score)

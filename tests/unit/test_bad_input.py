@@ -640,13 +640,14 @@ def ggml_layout(data: bytes) -> GgmlLayout:
         pos += 4 + n
     assert (n_tok, hp[0]) and pos < len(data)
     heads, datas = [], []
-    elem_bytes = {0: 4, 1: 2}
+    block_bytes = {0: (1, 4), 1: (1, 2), 8: (32, 34)}  # f32, f16, q8_0: (values per block, bytes per block)
     while pos < len(data):
         n_dims, name_len, ttype = struct.unpack_from("<iii", data, pos)
         ne = struct.unpack_from(f"<{n_dims}i", data, pos + 12)
         end_head = pos + 12 + 4 * n_dims + name_len
         heads.append((pos, end_head))
-        nbytes = math.prod(ne) * elem_bytes[ttype]  # the provisioned tiny.en is f16/f32 only
+        per_block, nbytes_block = block_bytes[ttype]  # the provisioned tiny.en is f32/f16/q8_0 only
+        nbytes = math.prod(ne) // per_block * nbytes_block
         datas.append((end_head, end_head + nbytes))
         pos = end_head + nbytes
     assert pos == len(data)
@@ -667,7 +668,7 @@ class ModelCopy(NamedTuple):
 @pytest.fixture(scope="module")
 def ggml_copy(models, tmp_path_factory):
     """A private copy of the real ggml model (flipped in place and restored) and its layout."""
-    path = tmp_path_factory.mktemp("ggml") / "ggml-tiny.en.bin"
+    path = tmp_path_factory.mktemp("ggml") / models.whisper.name
     shutil.copyfile(models.whisper, path)
     data = path.read_bytes()
     return ModelCopy(path, data, ggml_layout(data))
@@ -734,6 +735,8 @@ def flip_is_harmless(kind: str, lay: GgmlLayout, new_value: int) -> bool:
         return 0 < new_value and lay.hparams[2] % new_value == 0
     if kind == "hparam7":
         return 0 < new_value and lay.hparams[6] % new_value == 0
+    if kind == "hparam10":  # whisper.cpp reads ftype modulo 1000 (the rest is the quantization version)
+        return 0 <= new_value and new_value % 1000 == lay.hparams[10] % 1000
     return False
 
 
@@ -883,7 +886,7 @@ print("loaded")
 
 
 @pytest.mark.parametrize("damage", ["truncated_mid_tensor", "bad_magic", "token_length_flipped", "wrong_audio_ctx",
-                                    "bad_ftype", "ftype_f32_but_f16_tensors", "heads_do_not_divide_width"])
+                                    "bad_ftype", "ftype_f32_but_q8_0_tensors", "heads_do_not_divide_width"])
 def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_copy, tmp_path, damage):
     """In a child process: a segfault in whisper.cpp must not take pytest down with it."""
     _, original, lay = ggml_copy
@@ -896,7 +899,7 @@ def test_whisper_engine_refuses_corrupt_model_before_loading_native_code(ggml_co
         struct.pack_into("<i", blob, 8, lay.hparams[1] // 2)
     elif damage == "bad_ftype":  # whisper.cpp: SIGABRT in ggml
         struct.pack_into("<i", blob, 4 + 4 * 10, 5)
-    elif damage == "ftype_f32_but_f16_tensors":  # one bit (1 -> 0); whisper.cpp: "wrong size", then SIGSEGV
+    elif damage == "ftype_f32_but_q8_0_tensors":  # whisper.cpp: "wrong size", then SIGSEGV
         struct.pack_into("<i", blob, 4 + 4 * 10, 0)
     elif damage == "heads_do_not_divide_width":  # whisper.cpp: SIGABRT in ggml
         struct.pack_into("<i", blob, 4 + 4 * 3, lay.hparams[3] + 1)
