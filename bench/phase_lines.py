@@ -138,7 +138,7 @@ def endpoint(modes: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def min_pause(curve: list[dict]) -> str:
-    """The ``turn_min_pause_ms`` sweep: each value's complete-request headline and the hesitations it cut off."""
-    return _line("min pause", *(f"{c['min_pause_ms']} ms: {_p(c)}, cut off {c['cut_offs']}/{c['hesitations']}"
-                                for c in curve))
+def sweep(curve: list[dict]) -> str:
+    """The endpoint sweep: each setting's complete-request headline and the hesitations it cut off."""
+    return _line("sweep", *(f"{c['key']} {c['value']:g}: {_p(c)}, cut off {c['cut_offs']}/{c['hesitations']}"
+                            for c in curve))

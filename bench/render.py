@@ -54,6 +54,11 @@ def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
     return "n/a" if v is None else f"{v:.{digits}f}{suffix}"
 
 
+def fmt_g(value: Any) -> str:
+    v = finite(value)
+    return "n/a" if v is None else f"{v:g}"
+
+
 def fmt_int(value: Any) -> str:
     v = finite(value)
     return "n/a" if v is None else str(int(round(v)))
@@ -196,13 +201,15 @@ def _endpoint_section(report: dict) -> list[str]:
             f"{fmt(endpoint.get('vs_baseline_p50'), 2, '×')} {check('vs_baseline')}.", ""]
     if voices:
         out += ["Complete requests per voice:", ""] + table(["mode", "voice", "p50", "p95", "n"], voices) + [""]
-    sweep = [_dict(c) for c in _list(endpoint.get("min_pause_curve"))]
+    sweep = [_dict(c) for c in _list(endpoint.get("sweep"))]
     if sweep:
-        out += ["Trade-off (measured, `bench --min-pause-sweep`): the endpoint set replayed in turn mode once per "
-                "`turn_min_pause_ms`, the shortest pause that may end a request.", ""]
-        out += table(["turn_min_pause_ms", "SE→FT p50", "p95", "n", "hesitations cut off"],
-                     [[fmt_int(c.get("min_pause_ms")), fmt_ms(c.get("p50")), fmt_ms(c.get("p95")), fmt_int(c.get("n")),
-                       f"{fmt_int(c.get('cut_offs'))} / {fmt_int(c.get('hesitations'))}"] for c in sweep]) + [""]
+        out += ["Trade-off (measured, `bench --endpoint-sweep`): the endpoint set replayed in turn mode once per "
+                "setting — `turn_min_pause_ms`, the shortest pause that may end a request; `turn_sure_ending`, how "
+                "sure whisper must be of the sentence end it wrote.", ""]
+        out += table(["[stt] setting", "SE→FT p50", "p95", "n", "hesitations cut off"],
+                     [[f"{c.get('key')} = {fmt_g(c.get('value'))}", fmt_ms(c.get("p50")), fmt_ms(c.get("p95")),
+                       fmt_int(c.get("n")), f"{fmt_int(c.get('cut_offs'))} / {fmt_int(c.get('hesitations'))}"]
+                      for c in sweep]) + [""]
     curve = [_dict(c) for c in _list(endpoint.get("threshold_curve"))]
     if any(c.get("n") for c in curve):  # only requests the turn model scored have a point on it
         out += ["Trade-off (estimated from this run's turn-model scores): a higher `turn_threshold` makes complete "

@@ -89,25 +89,30 @@ ENDPOINT_VOICES = ("piper", "espeak-ng:en-us", "flite:slt")  # complete requests
 ENDPOINT_TARGETS = {"p50_ms": 350.0, "p95_ms": 600.0, "cut_off_rate": 0.05, "vs_baseline_p50": 3.0}
 
 
-# `[stt] turn_min_pause_ms` values replayed on the endpoint set by `bench --min-pause-sweep`: the trade-off between
-# the wait every answer pays and the hesitations cut off (report.json endpoint.min_pause_curve). The pause is decoded
-# from its first frame (~230 ms), so a floor below that costs nothing and changes nothing; the sweep starts there.
-MIN_PAUSE_SWEEP_MS = (100, 300, 500)
+# `[stt]` settings replayed one at a time on the endpoint set by `bench --endpoint-sweep`: the trade-off between the
+# wait every answer pays and the hesitations cut off (report.json endpoint.sweep).
+# * turn_min_pause_ms: the pause is decoded from its first frame (~200 ms), so a floor below that changes nothing;
+# * turn_sure_ending: how sure whisper must be of the sentence end it wrote (engines/stt/turn.py).
+ENDPOINT_SWEEP: tuple[tuple[str, float], ...] = (
+    ("turn_min_pause_ms", 100), ("turn_min_pause_ms", 300), ("turn_min_pause_ms", 500),
+    ("turn_sure_ending", 0.0), ("turn_sure_ending", 0.7),
+)
 
 
 def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, gap_s: float = 1.5,
-                          voices: tuple[str, ...] = ENDPOINT_VOICES, min_pause_ms: int | None = None) -> list[dict]:
+                          voices: tuple[str, ...] = ENDPOINT_VOICES, setting: tuple[str, float] | None = None
+                          ) -> list[dict]:
     """The hesitation set and complete requests (the neural voice and one of each other engine) replayed once
-    with ``[stt] endpoint = mode`` (and ``turn_min_pause_ms``, when given): the other endpoint mode than the main
-    replay's, or one point of the min-pause sweep, in the same run."""
+    with ``[stt] endpoint = mode`` (and one more ``[stt]`` ``(key, value)``, when given): the other endpoint mode
+    than the main replay's, or one point of the endpoint sweep, in the same run."""
     chosen = [u for u in utterances if u.wake and (getattr(u, "pause_s", None) is not None
                                                     or any(u.voice.startswith(v) for v in voices))]
     if not chosen:
         return []
-    label = mode if min_pause_ms is None else f"{mode}-min-pause-{min_pause_ms}"
+    label = mode if setting is None else f"{mode}-{setting[0]}-{setting[1]}"
     env = {"VIGIL_STT__ENDPOINT": mode}
-    if min_pause_ms is not None:
-        env["VIGIL_STT__TURN_MIN_PAUSE_MS"] = str(min_pause_ms)
+    if setting is not None:
+        env[f"VIGIL_STT__{setting[0].upper()}"] = str(setting[1])
     wav = run_dir / f"endpoint-{label}.wav"
     placements = build_replay(chosen, wav, passes=1, gap_s=gap_s)
     audio_s = placements[-1].offset_s + placements[-1].duration_s + gap_s
@@ -123,24 +128,24 @@ def measure_endpoint_mode(utterances, run_dir: Path, mode: str, progress: bool, 
     return utterance_records(chosen, matched, t0)
 
 
-def measure_min_pause_curve(utterances, run_dir: Path, progress: bool) -> list[dict]:
-    """The endpoint set replayed in "turn" mode once per ``MIN_PAUSE_SWEEP_MS`` value: complete requests' speech
-    end -> first token against the hesitations cut off, per value."""
+def measure_endpoint_sweep(utterances, run_dir: Path, progress: bool) -> list[dict]:
+    """The endpoint set replayed in "turn" mode once per ``ENDPOINT_SWEEP`` setting: complete requests' speech
+    end -> first token against the hesitations cut off, per setting."""
     curve = []
-    for min_pause in MIN_PAUSE_SWEEP_MS:
+    for key, value in ENDPOINT_SWEEP:
         try:
-            records = measure_endpoint_mode(utterances, run_dir, "turn", progress, min_pause_ms=min_pause)
+            records = measure_endpoint_mode(utterances, run_dir, "turn", progress, setting=(key, value))
         except Exception as exc:  # one point lost, not the bench
-            tqdm.write(f"turn_min_pause_ms {min_pause} not measured: {exc}")
+            tqdm.write(f"{key} = {value} not measured: {exc}")
             continue
         summary = endpoint_summary(records)
-        curve.append({"min_pause_ms": min_pause, **summary["complete"][HEADLINE_SPANS[0]],
+        curve.append({"key": key, "value": value, **summary["complete"][HEADLINE_SPANS[0]],
                       "cut_offs": summary["hesitation"]["cut_offs"], "hesitations": summary["hesitation"]["n"]})
     return curve
 
 
 def endpoint_report(config: Config, records: list[dict], other: dict[str, list[dict]], baseline_spans: dict,
-                    min_pause_curve: list[dict] | None = None) -> dict:
+                    sweep: list[dict] | None = None) -> dict:
     """report.json's ``endpoint``: per mode (the main replay's and the other), the targets and whether they hold."""
     modes = {config.stt.endpoint: endpoint_summary(records)}
     modes.update({mode: endpoint_summary(recs) for mode, recs in other.items()})
@@ -155,9 +160,10 @@ def endpoint_report(config: Config, records: list[dict], other: dict[str, list[d
     curve = threshold_curve(records, config.stt.turn_max_pause_ms, TurnPolicy().text_weight) \
         if config.stt.endpoint == "turn" else []
     return {"default": config.stt.endpoint, "modes": modes, "threshold_curve": curve,
-            "min_pause_curve": min_pause_curve or [],
+            "sweep": sweep or [],
             "config": {"turn_threshold": config.stt.turn_threshold, "turn_max_pause_ms": config.stt.turn_max_pause_ms,
-                       "turn_min_pause_ms": config.stt.turn_min_pause_ms, "end_silence_ms": config.stt.end_silence_ms},
+                       "turn_min_pause_ms": config.stt.turn_min_pause_ms,
+                       "turn_sure_ending": config.stt.turn_sure_ending, "end_silence_ms": config.stt.end_silence_ms},
             "baseline_end_silence_ms": config.bench.baseline_end_silence_ms, "vs_baseline_p50": vs,
             "targets": {**t, "met": {"p50": bool(head.get("n")) and head["p50"] <= t["p50_ms"],
                                      "p95": bool(head.get("n")) and head["p95"] <= t["p95_ms"],
@@ -336,11 +342,11 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
 def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, gap_s: float, idle_s: float,
               load: bool, quick: bool, progress: bool = True, wake_eval: bool = True,
-              variant_runs: bool = True, endpoint_modes: bool = True, min_pause_sweep: bool = False,
+              variant_runs: bool = True, endpoint_modes: bool = True, endpoint_sweep: bool = False,
               figures: bool | None = None) -> int:
     """The whole bench into ``out``/<run>/; 1 when the latency budget is exceeded. ``progress``: bars (for a
     terminal); ``figures``: each phase's key figures printed as it ends (default: with the bars), plain lines
-    that belong in a log too; ``min_pause_sweep``: the endpoint set once per ``MIN_PAUSE_SWEEP_MS``."""
+    that belong in a log too; ``endpoint_sweep``: the endpoint set once per ``ENDPOINT_SWEEP`` setting."""
     from bench.baseline import run_baseline, run_floor
     from bench.corpus import build_default_corpus, load_corpus
     from bench.render import render
@@ -405,15 +411,15 @@ def run_bench(config: Config, *, corpus: Path | None, out: Path, passes: int, ga
                 other_modes[mode] = []
                 tqdm.write(f"endpoint mode {mode} not measured: {exc}")
         say(*phase_lines.endpoint({config.stt.endpoint: records, **other_modes}))
-    min_pause_curve = measure_min_pause_curve(utterances, run_dir, progress) if min_pause_sweep else []
-    if min_pause_curve:
-        say(phase_lines.min_pause(min_pause_curve))
+    sweep = measure_endpoint_sweep(utterances, run_dir, progress) if endpoint_sweep else []
+    if sweep:
+        say(phase_lines.sweep(sweep))
     report = assemble(config, corpus_dir, run, passes, records, vigil_extra, baseline, floor, idle, load_result)
     # speaker figures by what this run enrolled (a held-out --corpus names its speakers its own way)
     report["speaker"] = {**speaker_summary(records, enrolled),
                          "by_condition": speaker_by(records, enrolled, "condition")}
     report["endpoint"] = endpoint_report(config, records, other_modes, report["baseline"]["spans_ms"],
-                                         min_pause_curve)
+                                         sweep)
     report["tail"] = {"continuous": stage_split(records),
                       **{f"endpoint_{mode}": stage_split(recs) for mode, recs in other_modes.items()}}
     if wake_detail:

@@ -170,6 +170,9 @@ class SttConfig:
     endpoint: str = key("turn", choices=("turn", "silence"))
     turn_threshold: float = key(0.5, ge=0, le=1)  # evidence a pause needs at its start; falls to 0 at turn_max_pause_ms
     turn_max_pause_ms: int = key(1300, gt=0, le=10_000)  # "turn": the longest a pause holds a request open
+    # "turn": how sure whisper must be of the sentence end it wrote for a transcript that reads complete to end the
+    # request at once; a less sure end waits turn_max_pause_ms x (1 - p / turn_sure_ending) (0 = never wait for it)
+    turn_sure_ending: float = key(0.5, ge=0, le=1)
     # "turn": the shortest pause that may end a request. Every pause is transcribed from the moment the voice drops
     # (beside the frame loop, abandoned when the voice comes back); this only holds the decision back.
     turn_min_pause_ms: int = key(100, ge=0, le=2000)

@@ -145,7 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      gap_s=config.bench.gap_s, idle_s=idle_s, load=not args.no_load, quick=args.quick,
                      progress=sys.stderr.isatty(), figures=True, wake_eval=not args.no_wake,
                      variant_runs=not args.no_variants, endpoint_modes=not args.no_endpoint,
-                     min_pause_sweep=args.min_pause_sweep)
+                     endpoint_sweep=args.endpoint_sweep)
 
 
 def cmd_serve_llm(args: argparse.Namespace) -> int:
@@ -297,9 +297,10 @@ def build_parser() -> OneLineParser:
                        help="skip the A/B replays (verifier off, speaker ID slowed: bench/variants.py)")
     bench.add_argument("--no-endpoint", action="store_true",
                        help="skip the replay in the other endpoint mode (turn vs silence, hesitations)")
-    bench.add_argument("--min-pause-sweep", action="store_true",
-                       help="also replay the endpoint set once per [stt] turn_min_pause_ms in 100/300/500 ms "
-                            "(latency against cut-offs; a few minutes more)")
+    bench.add_argument("--endpoint-sweep", action="store_true",
+                       help="also replay the endpoint set once per [stt] setting in bench.runner.ENDPOINT_SWEEP "
+                            "(turn_min_pause_ms 100/300/500, turn_sure_ending 0/0.7: latency against cut-offs; "
+                            "a few minutes more)")
     bench.set_defaults(func=cmd_bench)
 
     serve_llm = command("serve-llm", help="serve the embedded model over an Ollama-compatible HTTP API")

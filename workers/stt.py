@@ -182,7 +182,8 @@ class SttWorker(Worker):
         self.endpointer = Endpointer(SileroVad(threshold=cfg.vad_threshold), end_silence_ms=end_silence_ms,
                                      no_speech_timeout_s=cfg.no_speech_timeout_s, max_utterance_s=cfg.max_utterance_s,
                                      frame_samples=self.ctx.audio.frame_samples)
-        self.turn_policy = TurnPolicy(threshold=cfg.turn_threshold, max_pause_ms=cfg.turn_max_pause_ms)
+        self.turn_policy = TurnPolicy(threshold=cfg.turn_threshold, max_pause_ms=cfg.turn_max_pause_ms,
+                                      sure_ending=cfg.turn_sure_ending)
         self.turn_model = None
         if cfg.endpoint == "turn":
             if self.turn_policy.model_can_decide(cfg.turn_min_pause_ms):
@@ -303,19 +304,22 @@ class SttWorker(Worker):
                     raise RuntimeError(f"a pause decode has run {hearing.running_s:.0f} s: whisper is wedged")
                 return None
             session.decode = None
-            text, compute_ms = hearing.result()
-            session.pause = (end_sample, self.judge_pause(session, end_sample, text, compute_ms))
+            heard = hearing.result()
+            session.pause = (end_sample, self.judge_pause(session, end_sample, heard.text, heard.compute_ms,
+                                                          heard.ending_p))
         verdict = session.pause[1]
         if pause_ms < self.config.stt.turn_min_pause_ms or not self.turn_policy.complete(verdict.evidence, pause_ms):
             return None
         now = time.monotonic_ns()
-        self.log.info("endpoint after a %.0f ms pause (evidence %.2f, turn model %s)", pause_ms, verdict.evidence,
+        self.log.info("endpoint after a %.0f ms pause (evidence %.2f, sentence end p %.2f, turn model %s)", pause_ms,
+                      verdict.evidence, verdict.ending_p,
                       "n/a" if verdict.audio_score is None else f"{verdict.audio_score:.2f}")
         _, text, compute_ms = session.speculative
         return Transcript(session.request.session, text, True, session.time_of(end_sample), now,
                           round(compute_ms, 1), "speech_end", endpoint_ns=now, turn_score=_score(verdict))
 
-    def judge_pause(self, session: Session, end_sample: int, text: str, compute_ms: float) -> TurnVerdict:
+    def judge_pause(self, session: Session, end_sample: int, text: str, compute_ms: float,
+                    ending_p: float = 1.0) -> TurnVerdict:
         """Ask the turn model about the pause whose transcript is ``text`` — unless the words are unfinished.
         A request that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
         session.speculative = (end_sample, text, compute_ms)
@@ -326,7 +330,7 @@ class SttWorker(Worker):
             # The model is asked only when it can change the decision: if the words alone (model score 0)
             # already end the request now, its ~50-100 ms would only delay the answer.
             pause_ms = (self.endpointer.samples_fed - (end_sample - session.offset)) * 1000 / SAMPLE_RATE
-            words_suffice = self.turn_policy.complete(self.turn_policy.evidence(0.0, text), pause_ms)
+            words_suffice = self.turn_policy.complete(self.turn_policy.evidence(0.0, text, ending_p), pause_ms)
             if self.turn_model is not None and not words_suffice:
                 started = time.perf_counter()
                 try:
@@ -335,10 +339,10 @@ class SttWorker(Worker):
                 except Exception:  # the transcript and the pause still decide
                     self.log.exception("turn model failed")
                 model_ms = (time.perf_counter() - started) * 1000
-        evidence = self.turn_policy.evidence(score, text)
-        self.log.debug("pause at %d: %r score %s evidence %.2f (stt %.0f ms, turn %.0f ms)", end_sample, text,
-                       score, evidence, compute_ms, model_ms)
-        return TurnVerdict(text, score, evidence, self.turn_policy.wait_ms(evidence), model_ms)
+        evidence = self.turn_policy.evidence(score, text, ending_p)
+        self.log.debug("pause at %d: %r score %s ending %.2f evidence %.2f (stt %.0f ms, turn %.0f ms)", end_sample,
+                       text, score, ending_p, evidence, compute_ms, model_ms)
+        return TurnVerdict(text, score, evidence, self.turn_policy.wait_ms(evidence), model_ms, ending_p)
 
     def listen(self, request: StartListening) -> Transcript | None:
         """Read frames until speech ends; None when the session was cancelled, rejected or we must stop.
@@ -430,7 +434,8 @@ class SttWorker(Worker):
                 hearing, session.decode = session.decode[1], None
                 with self.busy(TRANSCRIBE_BUSY_S):
                     hearing.wait()
-                text, compute_ms = hearing.result()
+                heard = hearing.result()
+                text, compute_ms = heard.text, heard.compute_ms
             elif session.speculative and session.speculative[0] == end_sample:
                 _, text, compute_ms = session.speculative  # transcribed during the endpoint silence
             else:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
-from engines.stt.whispercpp import WhisperEngine
+from engines.stt.whispercpp import Hearing, WhisperEngine
 
 
 class BackgroundHearing:
@@ -53,11 +54,11 @@ class BackgroundHearing:
         """Abandon the decode: whisper stops at its next check; the result is never used."""
         self._aborted.set()
 
-    def result(self) -> tuple[str, float]:
-        """The cleaned text and whisper's compute ms of a finished decode; re-raises what the decode raised."""
+    def result(self) -> Hearing:
+        """The finished decode, its text cleaned; re-raises what the decode raised."""
         if not self.done:
             raise RuntimeError("the decode is still running")
         hearing = self._future.result()
         if hearing.aborted:
             raise RuntimeError("the decode was abandoned: it has no text")
-        return self._clean(hearing.text), hearing.compute_ms
+        return replace(hearing, text=self._clean(hearing.text))

@@ -12,6 +12,10 @@ worker transcribes what it has and asks three witnesses whether the request is c
   synthetic prosody (flite) close to random, so it never decides alone.
 * ``open_ending``: the partial transcript ends on a word that cannot end a request ("for",
   "of", "the", "and", "me", …) or trails off ("…"): then it is surely not done.
+* ``ending_p``: how sure whisper was of the sentence end it wrote (``sentence_end_p``). At a pause
+  after "what is the capital of" whisper may drop the open word and close the question anyway
+  ("What is the capital?"), unsure of that close; below ``sure_ending`` a transcript that reads
+  complete counts only in proportion, so the pause must last longer.
 * the pause itself: the longer the silence, the less evidence is needed (``TurnPolicy``).
 
 ``TurnPolicy.required`` is the evidence a pause of a given length needs: ``threshold`` at the
@@ -128,13 +132,19 @@ class TurnPolicy:
     max_pause_ms: int = 1300  # ... falling to 0 here: the longest a pause can hold the request open
     text_weight: float = 0.5  # how far a transcript that reads complete lifts the evidence towards 1
     text_prior: float = 0.5  # the audio evidence when there is no model (or it failed)
+    sure_ending: float = 0.0  # whisper's sentence-end probability a complete-reading transcript needs (0 = any)
 
     def required(self, pause_ms: float) -> float:
         return self.threshold * max(0.0, 1.0 - pause_ms / self.max_pause_ms)
 
-    def evidence(self, audio_score: float | None, text: str) -> float:
+    def evidence(self, audio_score: float | None, text: str, ending_p: float = 1.0) -> float:
+        """0 for an open ending; for an end whisper was unsure of (``ending_p`` below ``sure_ending``), the
+        threshold scaled by that certainty (the pause must last ``max_pause_ms (1 - ending_p / sure_ending)``);
+        else the audio evidence lifted by the words."""
         if open_ending(text):
             return 0.0
+        if ending_p < self.sure_ending:
+            return self.threshold * ending_p / self.sure_ending
         return self._lifted(self.text_prior if audio_score is None else audio_score)
 
     def _lifted(self, audio_score: float) -> float:
@@ -166,3 +176,4 @@ class TurnVerdict:
     evidence: float
     wait_ms: float  # the pause this evidence needs
     compute_ms: float  # the turn model's own time
+    ending_p: float = 1.0  # whisper's probability for the sentence end it wrote

@@ -42,6 +42,19 @@ def test_the_longer_the_pause_the_less_evidence_it_needs():
     assert TurnPolicy(text_prior=0.7, text_weight=0.0).evidence(None, "What time is it?") == pytest.approx(0.7)
 
 
+def test_an_unsure_sentence_end_makes_the_pause_last_longer():
+    """Whisper closed "What is the capital?" at a hesitation with p 0.2: with sure_ending 0.5 the pause must
+    last 1300 (1 - 0.2 / 0.5) = 780 ms; a sure end (0.9) ends it at once; 0 turns the witness off."""
+    policy = TurnPolicy(threshold=0.5, max_pause_ms=1300, text_weight=0.5, sure_ending=0.5)
+    unsure = policy.evidence(None, "What is the capital?", ending_p=0.2)
+    assert policy.wait_ms(unsure) == pytest.approx(780)
+    assert not policy.complete(unsure, 700) and policy.complete(unsure, 800)
+    assert policy.wait_ms(policy.evidence(None, "What is the capital?", ending_p=0.9)) == 0
+    assert policy.wait_ms(policy.evidence(None, "Set a timer for 5 minutes", ending_p=0.0)) == pytest.approx(1300)
+    assert policy.evidence(None, "Set a timer for", ending_p=0.99) == 0.0  # open stays open
+    assert TurnPolicy(sure_ending=0.0).evidence(None, "What is the capital?", ending_p=0.0) == pytest.approx(0.75)
+
+
 def test_the_model_is_needed_only_when_its_score_can_change_a_decision():
     # the defaults: a complete-reading transcript alone (0.5) meets the 0.5 threshold at any judged pause
     assert not TurnPolicy(threshold=0.5, max_pause_ms=1300, text_weight=0.5).model_can_decide(100)

@@ -139,14 +139,18 @@ def test_transcribes_jfk(engine):
     assert errors <= 1, f"{errors} word errors: {text!r}"
 
 
-@pytest.fixture(scope="module")
-def capital_clip(tmp_path_factory) -> np.ndarray:
+def espeak_clip(tmp_path_factory, text: str) -> np.ndarray:
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         pytest.skip("espeak-ng and sox are needed to synthesise speech")
     d = tmp_path_factory.mktemp("speech")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(d / "raw.wav"), "what is the capital of France"], check=True)
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(d / "raw.wav"), text], check=True)
     subprocess.run(["sox", str(d / "raw.wav"), "-r", "16000", "-c", "1", "-b", "16", str(d / "out.wav")], check=True)
     return read_wav16(d / "out.wav")
+
+
+@pytest.fixture(scope="module")
+def capital_clip(tmp_path_factory) -> np.ndarray:
+    return espeak_clip(tmp_path_factory, "what is the capital of France")
 
 
 def test_transcribes_synthesised_command(engine, capital_clip):
@@ -187,6 +191,17 @@ def test_a_decode_loop_is_bounded_caught_and_retried(engine, moon_clip):
     assert not anchored.loop and not anchored.retried and words(anchored.text) == moon, anchored
 
 
+def test_an_unfinished_request_has_an_open_or_unsure_ending(engine, capital_clip, tmp_path_factory):
+    """The turn policy's witness: whisper closes a finished question surely; stopped at "of" it either writes
+    the open word or closes the sentence less surely than it closed the whole question."""
+    from engines.stt.turn import open_ending
+
+    whole = engine.hear(capital_clip)
+    assert whole.text.rstrip().endswith("?") and whole.ending_p > 0.5, whole
+    unfinished = engine.hear(espeak_clip(tmp_path_factory, "what is the capital of"))
+    assert open_ending(unfinished.text) or unfinished.ending_p < whole.ending_p, unfinished
+
+
 def test_decode_choices_do_not_leak_into_the_next_call(engine, capital_clip):
     plain = engine.transcribe(capital_clip)
     engine.hear(capital_clip, Decoding(beam_size=5, initial_prompt="Hey Jarvis,", timestamps=False,
@@ -207,7 +222,7 @@ def test_a_background_decode_hears_the_same_and_an_aborted_one_stops_early(engin
     full = BackgroundHearing(engine, long_clip, clean=str.upper)
     assert full.wait(30) and not full.aborted
     full_s = time.perf_counter() - started
-    assert full.result()[0] == plain.upper()
+    assert full.result().text == plain.upper()
 
     started = time.perf_counter()
     cut = BackgroundHearing(engine, long_clip)

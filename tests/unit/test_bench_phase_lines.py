@@ -114,8 +114,10 @@ def test_wake_and_endpoint_lines():
     assert lines[1] == "endpoint   silence: speech end → first token p50 n/a p95 n/a (n 0) · hesitations cut off 0/0"
 
 
-def test_min_pause_sweep_line():
-    curve = [{"min_pause_ms": 50, "p50": 360.4, "p95": 512.0, "n": 9, "cut_offs": 1, "hesitations": 4},
-             {"min_pause_ms": 150, "p50": 455.0, "p95": 520.6, "n": 9, "cut_offs": 0, "hesitations": 4}]
-    assert phase_lines.min_pause(curve) == ("min pause  50 ms: p50 360 ms p95 512 ms, cut off 1/4 · "
-                                            "150 ms: p50 455 ms p95 521 ms, cut off 0/4")
+def test_endpoint_sweep_line():
+    curve = [{"key": "turn_min_pause_ms", "value": 50, "p50": 360.4, "p95": 512.0, "n": 9, "cut_offs": 1,
+              "hesitations": 4},
+             {"key": "turn_sure_ending", "value": 0.5, "p50": 455.0, "p95": 520.6, "n": 9, "cut_offs": 0,
+              "hesitations": 4}]
+    assert phase_lines.sweep(curve) == ("sweep      turn_min_pause_ms 50: p50 360 ms p95 512 ms, cut off 1/4 · "
+                                        "turn_sure_ending 0.5: p50 455 ms p95 521 ms, cut off 0/4")

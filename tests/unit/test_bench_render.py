@@ -235,18 +235,20 @@ def test_trace_missing_marks_gives_fewer_slices():
 
 
 def test_render_endpoint_trade_offs(tmp_path):
-    """The measured min-pause sweep is a table; a threshold curve no request has a point on is left out."""
+    """The measured endpoint sweep is a table; a threshold curve no request has a point on is left out."""
     report = full_report()
     report["endpoint"] = {
         "default": "turn", "modes": {"turn": {"complete": {}, "hesitation": {"n": 4, "cut_offs": 0}}},
         "threshold_curve": [{"threshold": 0.5, "p50": None, "p95": None, "n": 0, "waiting": 0}],
-        "min_pause_curve": [{"min_pause_ms": 50, "p50": 361.0, "p95": 512.0, "n": 9, "cut_offs": 1, "hesitations": 4},
-                            {"min_pause_ms": 100, "p50": 404.0, "p95": 478.0, "n": 9, "cut_offs": 0,
-                             "hesitations": 4}]}
+        "sweep": [{"key": "turn_min_pause_ms", "value": 50, "p50": 361.0, "p95": 512.0, "n": 9, "cut_offs": 1,
+                   "hesitations": 4},
+                  {"key": "turn_sure_ending", "value": 0.5, "p50": 404.0, "p95": 478.0, "n": 9, "cut_offs": 0,
+                   "hesitations": 4}]}
     (tmp_path / "report.json").write_text(json.dumps(report))
     render(tmp_path)
     md = (tmp_path / "report.md").read_text()
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("| 50 ") or line.startswith("| 100 ")]
-    assert rows == [["50", "361", "512", "9", "1 / 4"], ["100", "404", "478", "9", "0 / 4"]]
+            if line.startswith("| turn_")]
+    assert rows == [["turn_min_pause_ms = 50", "361", "512", "9", "1 / 4"],
+                    ["turn_sure_ending = 0.5", "404", "478", "9", "0 / 4"]]
     assert "turn_threshold" not in md.split("## Endpointing")[1].split("##")[0]
