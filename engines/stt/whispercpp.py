@@ -100,7 +100,7 @@ class Hearing:
     cut: bool = False          # the retry looped too: the repetition was cut to its first copy
     compute_ms: float = 0.0
     aborted: bool = False      # abandoned by its caller before the end: the text is incomplete, do not use it
-    ending_p: float = 0.0      # whisper's probability for the sentence end it wrote (sentence_end_p)
+    ending_p: float = 1.0      # whisper's probability for the sentence end it wrote (sentence_end_p)
 
 
 _WORD = re.compile(r"[\w']+")
@@ -123,14 +123,15 @@ def repeated_ngram(words: list[str]) -> tuple[str, ...] | None:
 
 
 def sentence_end_p(tokens: list[tuple[str, float]]) -> float:
-    """Whisper's probability for the sentence end it wrote: the last token's when it ends in ".", "?" or "!",
-    else 0 (it wrote none). Why: at a pause mid-request ("what is the capital of … Australia") whisper may drop the
-    open word and close the sentence anyway ("What is the capital?"), but it is unsure of that close (p 0.2-0.5 on
-    the bench's synthetic voices, 0.7-0.97 where the request was done); the turn policy can ask for a sure end."""
+    """Whisper's probability for the sentence end it wrote: the last token's when it ends in ".", "?" or "!";
+    1.0 when it wrote none (nothing to doubt: tiny.en leaves some whole requests unpunctuated, "Tell Me A Long
+    Story ..."). Why: at a pause mid-request ("what is the capital of … Australia") whisper may drop the open word
+    and close the sentence anyway ("What is the capital?"), unsure of that close (p 0.2-0.5 on the bench's
+    synthetic voices, mostly 0.7-0.97 where the request was done); the turn policy can ask for a sure end."""
     if not tokens:
-        return 0.0
+        return 1.0
     text, p = tokens[-1]
-    return p if text.rstrip().rstrip('"\'').endswith((".", "?", "!")) else 0.0
+    return p if text.rstrip().rstrip('"\'').endswith((".", "?", "!")) else 1.0
 
 
 def compression_ratio(text: str) -> float:
@@ -285,7 +286,7 @@ class WhisperEngine:
         if reason and loop_reason(text, 0, 0):
             text, cut = cut_repetition(text), True
         return Hearing(text, len(tokens), reason, retried, cut, round((time.perf_counter() - started) * 1000, 1),
-                       ending_p=0.0 if cut else sentence_end_p(ending))
+                       ending_p=sentence_end_p(ending))
 
     def transcribe(self, audio: np.ndarray) -> str:
         """Text of a mono 16 kHz clip (int16, or float32 in [-1, 1]); "" for < 0.1 s."""

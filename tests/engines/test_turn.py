@@ -50,7 +50,7 @@ def test_an_unsure_sentence_end_makes_the_pause_last_longer():
     assert policy.wait_ms(unsure) == pytest.approx(780)
     assert not policy.complete(unsure, 700) and policy.complete(unsure, 800)
     assert policy.wait_ms(policy.evidence(None, "What is the capital?", ending_p=0.9)) == 0
-    assert policy.wait_ms(policy.evidence(None, "Set a timer for 5 minutes", ending_p=0.0)) == pytest.approx(1300)
+    assert policy.wait_ms(policy.evidence(None, "Set a timer for 5 minutes.", ending_p=0.0)) == pytest.approx(1300)
     assert policy.evidence(None, "Set a timer for", ending_p=0.99) == 0.0  # open stays open
     assert TurnPolicy(sure_ending=0.0).evidence(None, "What is the capital?", ending_p=0.0) == pytest.approx(0.75)
 

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from models.provision import LLM, WHISPER, ModelError, ensure_models, validate_ggml, validate_gguf
 from models.whisper_convert import convert_ct2_to_ggml, quantize_q8_0
@@ -110,14 +108,15 @@ def test_conversion_produces_valid_ggml(models, tmp_path):
         convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, tmp_path / "x.bin", weights="q4")
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 4), blocks=st.integers(1, 4), scale=st.floats(1e-4, 1e3), seed=st.integers(0, 2**32 - 1))
-def test_q8_0_blocks_round_trip_within_half_a_step(rows, blocks, scale, seed):
+@pytest.mark.parametrize("scale", [1e-4, 0.02, 1.0, 1e3])  # f16 subnormal scales, whisper's weights, large
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q8_0_blocks_round_trip_within_half_a_step(scale, seed):
     """ggml's q8_0 layout: 34 bytes per 32 values, f16 scale first; each value within half a step."""
-    x = np.random.default_rng(seed).normal(0, scale, (rows, 32 * blocks)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, scale, (3, 32 * int(rng.integers(1, 5)))).astype(np.float32)
     x[0, :32] = 0.0  # an all-zero block must not divide by zero
     raw = quantize_q8_0(x)
-    assert len(raw) == rows * blocks * 34
+    assert len(raw) == x.size // 32 * 34
     q = np.frombuffer(raw, dtype=[("d", "<f2"), ("qs", "i1", 32)])
     d16 = q["d"].astype(np.float64)
     exact = np.abs(x.reshape(-1, 32)).max(axis=1).astype(np.float64) / 127

@@ -10,8 +10,8 @@ from engines.stt.whispercpp import (
 def test_the_sentence_end_probability_is_the_closing_tokens():
     assert sentence_end_p([(" What", 0.9), (" is", 0.9), (" the", 0.9), (" capital", 0.87), ("?", 0.2)]) == 0.2
     assert sentence_end_p([(" Juliet", 0.98), ('."', 0.6)]) == 0.6  # a quote after the full stop
-    assert sentence_end_p([(" Set", 0.9), (" timer", 0.8), (" minutes", 0.98)]) == 0.0  # no end written
-    assert sentence_end_p([(" Stop", 0.9), ("!", 0.7)]) == 0.7 and sentence_end_p([]) == 0.0
+    assert sentence_end_p([(" Set", 0.9), (" timer", 0.8), (" minutes", 0.98)]) == 1.0  # no end written: no doubt
+    assert sentence_end_p([(" Stop", 0.9), ("!", 0.7)]) == 0.7 and sentence_end_p([]) == 1.0
 
 
 def test_repeated_ngrams():
