@@ -78,8 +78,10 @@ class ReplayResult:
 
 def run_pipeline(wav: Path, run_dir: Path, *, extra_args: tuple[str, ...] = (), env: dict | None = None,
                  on_tick: Callable[[float], None] | None = None, timeout_s: float | None = None,
-                 sample_interval: float = 1.0) -> ReplayResult:
-    """Run the real pipeline on `wav` until it exits by itself (--exit-when-done or --max-seconds)."""
+                 sample_interval: float = 1.0, capture_s: float | None = None) -> ReplayResult:
+    """Run the real pipeline on `wav` until it exits by itself (--exit-when-done or --max-seconds), or, with
+    `capture_s`, until it has listened that long (counted from the capture worker's first sample: on a busy box
+    the models may take longer to load than the listening itself)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     events_path = run_dir / "events.jsonl"
     state_dir = run_dir / "state"
@@ -92,12 +94,17 @@ def run_pipeline(wav: Path, run_dir: Path, *, extra_args: tuple[str, ...] = (), 
             cwd=ROOT, env=child_env, stdout=subprocess.DEVNULL, stderr=stderr,
         )
         sampler = ResourceSampler(proc.pid, sample_interval).start()
+        capture_since = None
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
+                now = time.monotonic()
                 if on_tick:
-                    on_tick(time.monotonic() - started)
-                if timeout_s and time.monotonic() - started > timeout_s:
+                    on_tick(now - started)
+                if capture_s is not None and capture_since is None \
+                        and any("capture" in row["rss_mb"] for row in list(sampler.samples)):
+                    capture_since = now
+                if (timeout_s and now - started > timeout_s) or (capture_since and now - capture_since > capture_s):
                     proc.terminate()
                     proc.wait(30)
         finally:

@@ -176,8 +176,8 @@ def measure_idle(run_dir: Path, seconds: float, progress: bool) -> dict:
     quiet = np.zeros(20 * RATE, dtype=np.int16)
     wav = write_wav16(run_dir / "idle.wav", np.concatenate([quiet, pink_noise(20.0, rms=120.0, seed=7)]))
     bar, tick = progress_bar(seconds + 10, "idle listening", progress)
-    result = run_pipeline(wav, run_dir / "idle", extra_args=("--loop", "--max-seconds", str(seconds + 10)),
-                          on_tick=tick, timeout_s=seconds + 200)
+    result = run_pipeline(wav, run_dir / "idle", extra_args=("--loop", "--max-seconds", str(seconds + 120)),
+                          on_tick=tick, timeout_s=seconds + 200, capture_s=seconds + 4.0)
     bar.close()
     wav.unlink()
     started = next((s["t"] for s in result.samples if "capture" in s["rss_mb"]), 0.0)
