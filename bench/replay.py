@@ -101,8 +101,8 @@ def run_pipeline(wav: Path, run_dir: Path, *, extra_args: tuple[str, ...] = (), 
                 now = time.monotonic()
                 if on_tick:
                     on_tick(now - started)
-                if capture_s is not None and capture_since is None \
-                        and any("capture" in row["rss_mb"] for row in list(sampler.samples)):
+                if capture_s is not None and capture_since is None and sampler.samples \
+                        and "capture" in sampler.samples[-1]["rss_mb"]:  # the newest sample: one per second
                     capture_since = now
                 if (timeout_s and now - started > timeout_s) or (capture_since and now - capture_since > capture_s):
                     proc.terminate()

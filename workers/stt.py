@@ -32,7 +32,7 @@ from workers.base import Worker
 from engines.stt.background import BackgroundHearing
 from engines.stt.turn import SmartTurn, TurnPolicy, TurnVerdict, open_ending
 from engines.stt.vad import Endpointer, SileroVad
-from engines.stt.whispercpp import WhisperEngine
+from engines.stt.whispercpp import Hearing, WhisperEngine
 
 # Where the request starts after a verified wake: this long after the wake phrase's end as the verifier aligned
 # it (its cross-attention puts the end a little early). Measured by `python -m bench.stt_study hearing` on the
@@ -304,9 +304,7 @@ class SttWorker(Worker):
                     raise RuntimeError(f"a pause decode has run {hearing.running_s:.0f} s: whisper is wedged")
                 return None
             session.decode = None
-            heard = hearing.result()
-            session.pause = (end_sample, self.judge_pause(session, end_sample, heard.text, heard.compute_ms,
-                                                          heard.ending_p))
+            session.pause = (end_sample, self.judge_pause(session, end_sample, hearing.result()))
         verdict = session.pause[1]
         if pause_ms < self.config.stt.turn_min_pause_ms or not self.turn_policy.complete(verdict.evidence, pause_ms):
             return None
@@ -318,10 +316,10 @@ class SttWorker(Worker):
         return Transcript(session.request.session, text, True, session.time_of(end_sample), now,
                           round(compute_ms, 1), "speech_end", endpoint_ns=now, turn_score=_score(verdict))
 
-    def judge_pause(self, session: Session, end_sample: int, text: str, compute_ms: float,
-                    ending_p: float = 1.0) -> TurnVerdict:
-        """Ask the turn model about the pause whose transcript is ``text`` — unless the words are unfinished.
+    def judge_pause(self, session: Session, end_sample: int, heard: Hearing) -> TurnVerdict:
+        """Ask the turn model about the pause ``heard`` transcribed — unless the words are unfinished.
         A request that reads complete goes out as a partial first, so the LLM prefills while the model runs."""
+        text, compute_ms, ending_p = heard.text, heard.compute_ms, heard.ending_p
         session.speculative = (end_sample, text, compute_ms)
         score, model_ms = None, 0.0
         if not open_ending(text):

@@ -176,4 +176,4 @@ class TurnVerdict:
     evidence: float
     wait_ms: float  # the pause this evidence needs
     compute_ms: float  # the turn model's own time
-    ending_p: float = 1.0  # whisper's probability for the sentence end it wrote
+    ending_p: float  # whisper's probability for the sentence end it wrote
