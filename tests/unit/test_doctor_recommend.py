@@ -36,6 +36,18 @@ def test_speed_first_then_accuracy_and_no_numbers_is_said():
     assert r["stt"] == "base" and any("no hearing-study figures" in line for line in r["reasons"])
 
 
+def test_two_files_of_one_model_share_its_figures():
+    """A models dir that holds tiny.en twice (the provisioned q8_0 and an f16 converted by hand): the pick is
+    still by the numbers, the faster file of the model that hears about as well."""
+    models = [stt("tiny.en", 180.0, 42.0), stt("tiny.en", 240.0, 75.0), stt("base", 280.0, 82.0)]
+    wer = {"tiny.en": {"wer": 0.09, "files": 300}, "base": {"wer": 0.05, "files": 300}}
+    r = pick(wer, models)
+    assert r["stt"] == "base" and not any("no hearing-study figures" in line for line in r["reasons"])
+    r = pick({"tiny.en": {"wer": 0.052, "files": 300}, "base": {"wer": 0.05, "files": 300}}, models)
+    assert r["stt"] == "tiny.en" and r["settings"]["stt"]["model"] == ""
+    assert any("180 ms decode" in line for line in r["reasons"])
+
+
 def test_accuracy_is_read_from_the_hearing_study(tmp_path):
     path = tmp_path / "hearing.json"
     path.write_text(json.dumps({"summary": {"chosen": {"wer": 0.061, "files": 252, "decode_ms_p50": 210.0},
