@@ -21,6 +21,18 @@ class ModelError(RuntimeError):
     """A model file is missing or unusable, or could not be provisioned."""
 
 
+def openwakeword_models_dir() -> Path | None:
+    """The models bundled in the openwakeword 0.5.1 wheel (its wake models, and the Silero VAD the STT worker
+    uses), found without importing openwakeword: its import loads its whole model stack, ~1.2 s of a worker's
+    start for a folder name. None when openwakeword is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("openwakeword")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).resolve().parent / "resources" / "models"
+
+
 # ggml tensor types: id -> (block size in elements, bytes per block).
 _GGML_TYPES = {
     0: (1, 4), 1: (1, 2),  # f32, f16

@@ -12,7 +12,6 @@ what does not stop a start but would surprise an operator (a damaged voiceprint 
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import re
 import socket
@@ -130,10 +129,11 @@ def _wake_model(config: Config, events_path: str | None) -> str | None:
     path = Path(model)
     if path.suffix in (".onnx", ".tflite") or os.sep in model:
         return None if path.is_file() else f"[wake] model {model}: no such file"
-    spec = importlib.util.find_spec("openwakeword")  # without importing it (1.3 s): where its models are
-    if spec is None or spec.origin is None:
+    from engines.model_files import openwakeword_models_dir
+
+    bundled = openwakeword_models_dir()
+    if bundled is None:
         return None  # not installed: the wake worker says so
-    bundled = Path(spec.origin).parent / "resources" / "models"
     if any(bundled.glob(f"{model}_v*.onnx")):  # how the engine finds it (engines/wake/oww.py)
         return None
     names = sorted(m.group(1) for p in bundled.glob("*.onnx") if (m := re.fullmatch(r"(.+)_v\d[\d.]*\.onnx", p.name)))

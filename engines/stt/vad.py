@@ -22,15 +22,17 @@ from typing import Literal
 import numpy as np
 
 from core.audio import SAMPLE_RATE
+from engines.model_files import openwakeword_models_dir
 
 CHUNK_SAMPLES = 512
 
 
 def bundled_silero_path() -> Path:
     """silero_vad.onnx shipped inside the openwakeword 0.5.1 wheel."""
-    import openwakeword
-
-    return Path(openwakeword.__file__).resolve().parent / "resources" / "models" / "silero_vad.onnx"
+    folder = openwakeword_models_dir()
+    if folder is None:
+        raise FileNotFoundError("Silero VAD model not found: openwakeword (whose wheel ships it) is not installed")
+    return folder / "silero_vad.onnx"
 
 
 class SileroVad:

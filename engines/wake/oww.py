@@ -7,12 +7,39 @@ from pathlib import Path
 import numpy as np
 
 from core.audio import FRAME_SAMPLES
+from engines.model_files import openwakeword_models_dir
 
 def oww_models_dir() -> Path:
     """The folder of models bundled in the openwakeword 0.5.1 wheel."""
-    import openwakeword
+    folder = openwakeword_models_dir()
+    if folder is None:
+        raise FileNotFoundError("openwakeword is not installed")
+    return folder
 
-    return Path(openwakeword.__file__).resolve().parent / "resources" / "models"
+
+def _never_trains(*args, **kwargs):
+    raise NotImplementedError("openwakeword's custom-verifier training is not loaded in Vigil (it needs scikit-learn)")
+
+
+def import_model_class():
+    """``openwakeword.model.Model``, imported without scikit-learn.
+
+    Why: openwakeword's package ``__init__`` imports its custom-verifier *trainer*, which imports scikit-learn:
+    ~0.9 s of every wake worker start (and restart), for a training helper Vigil never calls, and the wake
+    worker is the last one ready (the capture worker waits for it). That one submodule is stood in for by a
+    module whose trainer raises; everything openwakeword runs (its models, features, VAD) is its own code.
+    """
+    import sys
+    import types
+
+    name = "openwakeword.custom_verifier_model"
+    if "openwakeword" not in sys.modules and name not in sys.modules:
+        stand_in = types.ModuleType(name, "stands in for openwakeword's custom-verifier trainer (see above)")
+        stand_in.train_custom_verifier = _never_trains  # type: ignore[attr-defined]
+        sys.modules[name] = stand_in
+    from openwakeword.model import Model
+
+    return Model
 
 
 class OpenWakeWordEngine:
@@ -34,8 +61,7 @@ class OpenWakeWordEngine:
             if not matches:
                 raise FileNotFoundError(f"no bundled openWakeWord model {model!r} ({ext}) in {oww_models_dir()}")
             path = matches[-1]
-        from openwakeword.model import Model
-
+        Model = import_model_class()
         # An existing path is used as-is: openwakeword never downloads here.
         # Melspectrogram/embedding models default to the bundled resources.
         self._model = Model(wakeword_models=[str(path)], inference_framework=inference_framework)

@@ -333,3 +333,21 @@ def test_every_engine_is_a_config_choice_and_builds(name: str) -> None:
 def test_microwakeword_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(WakeEngineUnavailable, match="microWakeWord has no model 'hey_vigil'.*hey_jarvis"):
         make_wake_engine("microwakeword", WakeConfig(model="hey_vigil"))
+
+
+@pytest.mark.parametrize("load, must_not_import", [
+    ("from engines.stt.vad import SileroVad; SileroVad()", "openwakeword"),
+    ("from engines.wake.oww import OpenWakeWordEngine; OpenWakeWordEngine()", "sklearn"),
+], ids=["stt-silero", "wake-openwakeword"])
+def test_worker_engines_load_without_their_slow_imports(load, must_not_import):
+    """Worker start-up time is outage time after a restart, and the capture worker waits for the slowest: the
+    STT worker takes Silero from openwakeword's wheel by path (importing openwakeword cost ~1.2 s), and the wake
+    engine loads openwakeword without its custom-verifier trainer's scikit-learn (~0.9 s)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = f"import sys; {load}; print({must_not_import!r} in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["False"], out.stdout + out.stderr
