@@ -86,4 +86,3 @@ def test_max_length_and_reset(vad: SileroVad) -> None:
     assert ep.samples_fed == 0 and ep.done is None
     events = run(ep, pad(synth("what time is it", "en-us"), 0.5, 1.0))
     assert [e.kind for e in events] == ["speech_start", "speech_end"]
-
