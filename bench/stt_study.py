@@ -4,7 +4,7 @@
     python -m bench.stt_study endpoint                 # Silero vs webrtcvad; end_silence 400/500/700
     python -m bench.stt_study streaming [--rounds N]   # real pipeline, quick corpus, speculative on/off
     python -m bench.stt_study hearing    [--limit N]   # where the request starts x how it is decoded (option table)
-    python -m bench.stt_study alone                    # the model or us? each request synthesized alone, per voice
+    python -m bench.stt_study alone                    # the model or us? requests alone, clean and in a room
     python -m bench.stt_study all
 
 Results go to ``bench/out/stt_study/<study>.json`` and ``<study>.md`` (the printed table).
@@ -781,18 +781,22 @@ def render_hearing(data: dict) -> dict:
 
 
 def study_alone(threads: int = 2, corpus: Path | None = None) -> dict:
-    """Each clean wake request of the bench corpus spoken again by the same voice *without* the wake phrase
-    (0.3 s of silence around it) and transcribed by tiny.en and base: what the model makes of the voice when
-    nothing of ours (where the request starts, the strip of the wake phrase) is in the way. A voice whose WER
-    stays high here is misheard by the model; one that is fine here and bad in the hearing study's chosen row
-    is cut or leaked by us."""
+    """Each wake request of the bench corpus spoken again by the same voice *without* the wake phrase
+    (0.3 s of silence around it), clean and in the same simulated room as its room copy, and transcribed by
+    tiny.en and base: what the model makes of the voice when nothing of ours (where the request starts, the
+    strip of the wake phrase) is in the way. A voice whose WER stays high here is misheard by the model; one
+    that is fine here and bad in the hearing study's chosen row is cut or leaked by us."""
+    from bench.corpus import plan
+    from bench.rooms import in_room
     from bench.synth import tts_samples
     from bench.wer import judge
     from engines.stt.whispercpp import WhisperEngine
     from models.provision import WHISPER, WHISPER_BASE, default_models_dir
 
-    files = [r for r in load_manifest(corpus or corpus_dir()) if r["wake"] and r.get("pause_s") is None
+    rows = load_manifest(corpus or corpus_dir())
+    files = [r for r in rows if r["wake"] and r.get("pause_s") is None
              and (r.get("condition") or "clean") == "clean" and r.get("voice")]
+    room_seed = {item.file: item.seed for item in plan() if item.condition == "room"}  # the corpus's own room
     models = {m: default_models_dir() / spec.filename for m, spec in (("tiny.en", WHISPER), ("base", WHISPER_BASE))}
     engines = {m: WhisperEngine(p, n_threads=threads) for m, p in models.items() if p.is_file()}
     silence = np.zeros(int(0.3 * RATE), np.int16)
@@ -801,28 +805,37 @@ def study_alone(threads: int = 2, corpus: Path | None = None) -> dict:
         engine_name, voice, *rate = r["voice"].split(":")
         audio = np.concatenate([silence, tts_samples(r["transcript"], engine_name, voice,
                                                      int(rate[0]) if rate else None), silence])
-        for m, engine in engines.items():
-            heard = engine.transcribe(audio)
-            j = judge(r["transcript"], heard)
-            results.append({"model": m, "voice": r["voice"], "ref": r["transcript"], "hyp": heard, "errors": j.errors,
-                            "ref_words": j.ref_words, "first_word_ok": j.first_word_ok})
+        views = {"clean": audio}
+        if f"room_{r['wav']}" in room_seed:
+            views["room"] = in_room(audio, room_seed[f"room_{r['wav']}"])
+        for condition, clip in views.items():
+            for m, engine in engines.items():
+                heard = engine.transcribe(clip)
+                j = judge(r["transcript"], heard)
+                results.append({"model": m, "condition": condition, "voice": r["voice"], "ref": r["transcript"],
+                                "hyp": heard, "errors": j.errors, "ref_words": j.ref_words,
+                                "first_word_ok": j.first_word_ok})
         if (k + 1) % 20 == 0:
             print(f"  {k + 1}/{len(files)} requests", file=sys.stderr, flush=True)
     voices = sorted({r["voice"] for r in results})
-    lines = [f"The request alone ({len(files)} clean wake requests of the bench corpus, each synthesized again by its "
-             "voice without the wake phrase): WER with Whisper's normaliser, first-word errors.", "",
-             "| voice | " + " | ".join(engines) + " |", "|---" * (1 + len(engines)) + "|"]
+    columns = [(m, c) for m in engines for c in ("clean", "room")]
+    lines = [f"The request alone ({len(files)} wake requests of the bench corpus, each synthesized again by its "
+             "voice without the wake phrase, clean and in its room copy's simulated room): WER with Whisper's "
+             "normaliser, first-word errors.", "",
+             "| voice | " + " | ".join(f"{m} {c}" for m, c in columns) + " |", "|---" * (1 + len(columns)) + "|"]
     summary: dict = {}
     for v in [*voices, "all"]:
         cells = []
-        for m in engines:
-            sel = [r for r in results if r["model"] == m and v in ("all", r["voice"])]
+        for m, c in columns:
+            sel = [r for r in results if r["model"] == m and r["condition"] == c and v in ("all", r["voice"])]
             s = {"wer": _rate(sel), "first_word_errors": sum(not r["first_word_ok"] for r in sel), "files": len(sel)}
-            summary.setdefault(m, {})[v] = s
-            cells.append(f"{s['wer']:.3f} ({s['first_word_errors']}/{s['files']})")
+            summary.setdefault(m, {}).setdefault(c, {})[v] = s
+            cells.append(f"{s['wer']:.3f} ({s['first_word_errors']}/{s['files']})" if sel else "–")
         lines.append(f"| {'**all**' if v == 'all' else v} | " + " | ".join(cells) + " |")
-    wrong = Counter((r["voice"], r["ref"], r["hyp"]) for r in results if r["errors"] and r["model"] == "tiny.en")
-    lines += ["", "tiny.en's errors:", ""] + [f"- {v}: {ref!r} → {hyp!r}" for (v, ref, hyp), _n in wrong.most_common()]
+    wrong = Counter((r["condition"], r["voice"], r["ref"], r["hyp"]) for r in results
+                    if r["errors"] and r["model"] == "tiny.en")
+    lines += ["", "tiny.en's errors:", ""] + [f"- {c}, {v}: {ref!r} → {hyp!r}"
+                                              for (c, v, ref, hyp), _n in wrong.most_common()]
     data = {"threads": threads, "n_files": len(files), "summary": summary, "results": results}
     save("alone", data, "\n".join(lines))
     return data

@@ -43,6 +43,9 @@ def pipeline_env(tmp_path: Path) -> dict[str, str]:
     env["VIGIL_METRICS__STATE_DIR"] = str(tmp_path / "state")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("VIGIL_LLM__TEMPERATURE", "0.0")  # greedy decoding: the same answer every run
+    # --exit-when-done: every test WAV ends in >= 1.5 s of silence, so a last wake is verified and its session
+    # open (or not) by the time the input ends; the product's 2 s grace would only add idle seconds per run.
+    env.setdefault("VIGIL_SUPERVISOR__DONE_GRACE_S", "0.3")
     return env
 
 
