@@ -81,9 +81,9 @@ run: models
 # The unit files first: hypothesis must scan its modules before anything imports speechbrain (docs/testing.md).
 BESIDE_TESTS := tests/unit/test_bad_input.py tests/unit/test_bench_render.py tests/unit/test_config_fuzz.py \
 	tests/unit/test_layout.py tests/unit/test_lint.py tests/unit/test_rooms.py \
-	tests/engines/test_turn.py tests/engines/test_vad.py tests/engines/test_wake_engines.py \
-	tests/engines/test_wake_eval_forced.py tests/engines/test_wake_forced.py tests/engines/test_wake_gate.py \
-	tests/engines/test_wake_room.py tests/engines/test_wake_verify.py \
+	tests/engines/test_model_rebuild.py tests/engines/test_turn.py tests/engines/test_vad.py \
+	tests/engines/test_wake_engines.py tests/engines/test_wake_eval_forced.py tests/engines/test_wake_forced.py \
+	tests/engines/test_wake_gate.py tests/engines/test_wake_room.py tests/engines/test_wake_verify.py \
 	tests/e2e/test_bench_quick.py tests/e2e/test_wheel_install.py
 test: models
 	@log=$$(mktemp /tmp/vigil-test-beside.XXXXXX); \

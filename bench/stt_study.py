@@ -832,13 +832,45 @@ def study_alone(threads: int = 2, corpus: Path | None = None) -> dict:
             summary.setdefault(m, {}).setdefault(c, {})[v] = s
             cells.append(f"{s['wer']:.3f} ({s['first_word_errors']}/{s['files']})" if sel else "–")
         lines.append(f"| {'**all**' if v == 'all' else v} | " + " | ".join(cells) + " |")
+    real = _real_speech_in_rooms(engines)
+    if real:
+        conditions = list(next(iter(real.values())))
+        lines += ["", "Real speech (`../shared/audio/jfk.wav`, one man, 22 words), clean and in each simulated room:",
+                  "", "| model | " + " | ".join(conditions) + " |", "|---" * (1 + len(conditions)) + "|"]
+        lines += [f"| {m} | " + " | ".join(f"{r['wer']:.3f}" for r in by.values()) + " |" for m, by in real.items()]
     wrong = Counter((r["condition"], r["voice"], r["ref"], r["hyp"]) for r in results
                     if r["errors"] and r["model"] == "tiny.en")
     lines += ["", "tiny.en's errors:", ""] + [f"- {c}, {v}: {ref!r} → {hyp!r}"
                                               for (c, v, ref, hyp), _n in wrong.most_common()]
-    data = {"threads": threads, "n_files": len(files), "summary": summary, "results": results}
+    data = {"threads": threads, "n_files": len(files), "summary": summary, "results": results, "real_speech": real}
     save("alone", data, "\n".join(lines))
     return data
+
+
+JFK = ("and so my fellow americans ask not what your country can do for you "
+       "ask what you can do for your country")
+
+
+def _real_speech_in_rooms(engines: dict) -> dict[str, dict[str, dict]]:
+    """{model: {condition: {"wer", "hyp"}}} for the one real voice with a known transcript beside the checkout
+    (``../shared/audio/jfk.wav``), clean and in each room of ``bench.rooms``; {} when that folder is absent."""
+    from bench.rooms import ROOMS, in_room
+    from bench.wer import judge
+    from core.audio import load_wav
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "audio" / "jfk.wav"
+    if not path.is_file():
+        print(f"  {path} absent: no real-speech rows", file=sys.stderr)
+        return {}
+    clean = load_wav(path)
+    views = {"clean": clean, **{room.name: in_room(clean, k) for k, room in enumerate(ROOMS)}}
+    out: dict[str, dict[str, dict]] = {}
+    for m, engine in engines.items():
+        for condition, clip in views.items():
+            heard = engine.transcribe(clip)
+            j = judge(JFK, heard)
+            out.setdefault(m, {})[condition] = {"wer": round(j.errors / j.ref_words, 3), "hyp": heard}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

