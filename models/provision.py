@@ -48,7 +48,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,6 +340,46 @@ def ensure_base_model(models_dir: Path | None = None, *, progress: bool = True) 
     models_dir.mkdir(parents=True, exist_ok=True)
     with _locked(models_dir):
         return _provision(WHISPER_BASE, models_dir, progress)
+
+
+# Every file a current Vigil provisions (the rest of what carries a sidecar is an older build of one of them).
+CURRENT_SPECS = (WHISPER, LLM, WHISPER_BASE, SPEAKER, SMART_TURN, WHISPER_CT2)
+
+
+def stale_files(models_dir: Path, in_use: Iterable[Path] = ()) -> list[Path]:
+    """Files an older Vigil provisioned into ``models_dir`` (a ``.sha256`` sidecar says Vigil wrote them) that no
+    current model spec names and ``in_use`` (the paths the config points at) does not hold, with their sidecars.
+    A file without a sidecar is someone else's and is never listed; nor are the cached wheels, which let a
+    damaged model be rebuilt offline."""
+    models_dir = Path(models_dir).expanduser().resolve()
+    current = {(models_dir / spec.filename).resolve() for spec in CURRENT_SPECS}
+    keep = current | {Path(p).expanduser().resolve() for p in in_use}
+    stale: list[Path] = []
+    for sidecar in sorted(models_dir.glob("*.sha256")):
+        model = sidecar.with_name(sidecar.name.removesuffix(".sha256"))
+        if model.resolve() in keep:
+            continue
+        stale += [p for p in (model, sidecar) if p.is_file()]
+    return stale
+
+
+def configured_paths(config) -> list[Path]:
+    """The model paths a Vigil config names itself (kept by ``prune`` whatever wrote them)."""
+    return [Path(p) for p in (config.stt.model, config.llm.model, config.wake.model, config.speaker.model_dir) if p]
+
+
+def prune(models_dir: Path, in_use: Iterable[Path] = ()) -> list[tuple[Path, int]]:
+    """Remove ``stale_files`` under the provisioning lock; (path, bytes) of each removed file."""
+    models_dir = Path(models_dir).expanduser().resolve()
+    if not models_dir.is_dir():
+        return []
+    removed = []
+    with _locked(models_dir):
+        for path in stale_files(models_dir, in_use):
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append((path, size))
+    return removed
 
 
 def main(argv: list[str] | None = None) -> int:

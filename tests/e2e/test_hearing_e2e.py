@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.synth import tts_samples, write_wav16
 from bench.variants import overlap
@@ -81,9 +82,19 @@ def test_verified_wakes_with_speakers_and_a_silent_near_miss(tmp_path, models):
     assert [overlap(s["marks"]) for s in sessions] == [True, True], [s["marks"] for s in sessions]
 
 
-def test_a_slow_speaker_id_never_holds_the_answer(tmp_path, models):
+@pytest.fixture(scope="module")
+def one_request_three_choices(tmp_path_factory, models) -> tuple[list[dict], list[dict], str]:
+    """One request through one pipeline with three selectable paths at once (each test below reads its own):
+    speaker ID 4 s late, the wake without its verifier, and a turn threshold strict enough that Smart Turn is
+    loaded and asked."""
+    tmp_path = tmp_path_factory.mktemp("three-choices")
     wav = conversation(tmp_path / "talk.wav", [("Hey Jarvis, what is the capital of France?", STRANGER_VOICE)])
-    events, sessions, stderr = run(wav, tmp_path, VIGIL_SPEAKER__FAULT_DELAY_MS="4000")
+    return run(wav, tmp_path, VIGIL_SPEAKER__FAULT_DELAY_MS="4000", VIGIL_WAKE__VERIFY="off",
+               VIGIL_STT__TURN_THRESHOLD="0.8")
+
+
+def test_a_slow_speaker_id_never_holds_the_answer(one_request_three_choices):
+    events, sessions, stderr = one_request_three_choices
     responses = [e for e in events if e["type"] == "response"]
     assert len(responses) == 1, f"{[e['type'] for e in events]}\n{stderr[-3000:]}"
     assert responses[0]["speaker"] == "unknown" and not responses[0]["degraded"]
@@ -92,11 +103,9 @@ def test_a_slow_speaker_id_never_holds_the_answer(tmp_path, models):
     assert "speaker" not in sessions[0]["marks"] and "first_token" in sessions[0]["marks"]
 
 
-def test_single_stage_wake_stays_selectable(tmp_path, models):
-    """Wake without the verifier, and (a second selectable path in the same run) a turn threshold strict
-    enough that Smart Turn is loaded and asked: its score is recorded with the session's spans."""
-    wav = conversation(tmp_path / "talk.wav", [("Hey Jarvis, what is the capital of France?", STRANGER_VOICE)])
-    events, sessions, stderr = run(wav, tmp_path, VIGIL_WAKE__VERIFY="off", VIGIL_STT__TURN_THRESHOLD="0.8")
+def test_single_stage_wake_and_the_turn_model_stay_selectable(one_request_three_choices):
+    """Wake without the verifier; Smart Turn's score is recorded with the session's spans."""
+    events, sessions, stderr = one_request_three_choices
     wakes = [e for e in events if e["type"] == "wake"]
     assert len(wakes) == 1 and wakes[0]["verify_score"] is None, stderr[-3000:]
     assert [e for e in events if e["type"] == "response"]
