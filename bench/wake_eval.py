@@ -784,7 +784,7 @@ def run_wake_eval(corpus_dir: str | os.PathLike, out_dir: str | os.PathLike | No
               "verifier": ({"kind": "whisper tiny.en, prompt 'Hey Jarvis.', hey+jarvis match",
                             "mode": verifier.mode, "min_score": verifier.min_score, "window_before_s": WINDOW_BEFORE_S,
                             "window_after_s": WINDOW_AFTER_S} if verifier else None),
-              "forced_verifier": ({"kind": "ctranslate2 whisper tiny.en forced score, wake vs rivals",
+              "forced_verifier": ({"kind": f"ctranslate2 {Path(forced_model).name} forced score, wake vs rivals",
                                    "model": str(forced_model), "min_margin": margin_default, "min_log10p": MIN_LOG10P,
                                    "margin_grid": list(MARGIN_GRID), "window_before_s": WINDOW_BEFORE_S,
                                    "window_after_s": WINDOW_AFTER_S} if scorer else None),
@@ -912,6 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, help="verifier min score (default: the module's)")
     ap.add_argument("--mode", choices=("text", "score", "confirm"), help="verifier mode (default: the module's)")
     ap.add_argument("--min-margin", type=float, help="forced verifier's min margin (default: engines.wake.forced's)")
+    ap.add_argument("--forced-model", metavar="DIR",
+                    help="CTranslate2 whisper folder for the forced verifier (default: the provisioned tiny.en)")
     ap.add_argument("--tune", action="store_true",
                     help="choose the verifier's min score on the tune half of the voices")
     ap.add_argument("--rescore", metavar="PROPOSALS_JSONL",
@@ -937,7 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = args.configs or (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
     t0 = time.monotonic()
     report = run_wake_eval(corpus, args.out, configs, True, min_score=args.min_score, mode=args.mode,
-                           tune=args.tune, min_margin=args.min_margin)
+                           tune=args.tune, min_margin=args.min_margin, forced_model=args.forced_model)
     print(summary_table(report))
     if report.get("tuning"):
         for row in report["tuning"]["table"]:

@@ -185,13 +185,19 @@ class ForcedPhraseScorer:
             self._model = ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type=compute_type,
                                                      intra_threads=threads)
             vocab = {tok: i for i, tok in enumerate(vocab_file.read_text(encoding="utf-8").split("\n"))}
-            self._start = [vocab["<|startoftranscript|>"], vocab["<|notimestamps|>"]]
+            # English-only models (tiny.en) start a transcript with <|startoftranscript|>; a multilingual one
+            # (base) also wants the language and the task before <|notimestamps|>, else it guesses both.
+            # (tiny.en's vocabulary has <|en|> too, so ask the model, not the vocabulary.)
+            self.multilingual = bool(self._model.is_multilingual)
+            lang_task = [vocab["<|en|>"], vocab["<|transcribe|>"]] if self.multilingual else []
+            self._start = [vocab["<|startoftranscript|>"], *lang_task, vocab["<|notimestamps|>"]]
+            self.n_mels = int(getattr(self._model, "n_mels", N_MELS))  # 80, 128 for large-v3
             self._variants = [(v, tokenize(v, vocab)) for v in (*wake_variants, *rival_variants)]
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             raise ForcedScoreUnavailable(f"cannot load {model_dir}: {exc}") from exc
         self._ct2 = ctranslate2
         self._n_wake = len(wake_variants)
-        self._filters = mel_filterbank(N_MELS)
+        self._filters = mel_filterbank(self.n_mels)
 
     def score(self, audio: np.ndarray, view: str = "raw") -> ForcedScore:
         t0 = time.perf_counter()

@@ -38,6 +38,9 @@ def window(text: str, voice: str, lead_s: float = 0.5) -> np.ndarray:
 
 
 def test_log_mel_and_tokens(scorer):
+    # tiny.en is English-only: the transcript starts without a language and task, although its vocabulary
+    # holds <|en|> and <|transcribe|> too (a multilingual model gets both before <|notimestamps|>).
+    assert scorer.multilingual is False and scorer.n_mels == 80 and len(scorer._start) == 2
     feats = log_mel(np.zeros(RATE, dtype=np.int16), scorer._filters)
     assert feats.shape == (80, 100) and np.isfinite(feats).all()
     vocab = {"ĠHey": 1, "ĠJar": 2, "vis": 3, "ĠJarvis": 4, ",": 5}
