@@ -53,3 +53,11 @@ def test_prune_of_a_missing_dir_removes_nothing_and_creates_nothing(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "pruned 0 file(s)" in proc.stdout, proc.stdout + proc.stderr
     assert not missing.exists()
+
+
+def test_every_model_spec_counts_as_current():
+    """A spec left out of CURRENT_SPECS would be pruned as an older build the moment it is provisioned."""
+    from models import provision
+
+    specs = {id(v) for v in vars(provision).values() if isinstance(v, provision._Spec)}
+    assert specs and specs == {id(s) for s in provision.CURRENT_SPECS}
