@@ -793,8 +793,7 @@ def study_alone(threads: int = 2, corpus: Path | None = None) -> dict:
     from engines.stt.whispercpp import WhisperEngine
     from models.provision import WHISPER, WHISPER_BASE, default_models_dir
 
-    rows = load_manifest(corpus or corpus_dir())
-    files = [r for r in rows if r["wake"] and r.get("pause_s") is None
+    files = [r for r in load_manifest(corpus or corpus_dir()) if r["wake"] and r.get("pause_s") is None
              and (r.get("condition") or "clean") == "clean" and r.get("voice")]
     room_seed = {item.file: item.seed for item in plan() if item.condition == "room"}  # the corpus's own room
     models = {m: default_models_dir() / spec.filename for m, spec in (("tiny.en", WHISPER), ("base", WHISPER_BASE))}

@@ -3,18 +3,14 @@ rebuilt to the pinned bytes. CPU-heavy and clock-free: it runs in make test's si
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from models.provision import LLM, WHISPER, ensure_models, validate_ggml, validate_gguf
+from models.wheels import sha256_file as sha256
 from models.whisper_convert import convert_ct2_to_ggml
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
